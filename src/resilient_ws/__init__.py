@@ -1,0 +1,75 @@
+"""resilient_ws: WebSocket clients that stay connected and keep their messages intact."""
+
+from ._classify import Classifier, Decision, default_classifier
+from ._logging import configure_json_logging, redact_url
+from ._state import State
+from .client import Connection, ConnectionStats, Link, OnConnect, connect
+from .config import Backoff, Failover, SendQueue, WhenFull
+from .events import (
+    Closed,
+    Connected,
+    Connecting,
+    Disconnected,
+    Event,
+    EventsMissed,
+    MessagesDropped,
+    Reconnecting,
+)
+from .exceptions import (
+    ConcurrencyError,
+    ConnectionClosed,
+    ConnectionClosedOK,
+    ConnectionFailed,
+    HandshakeFailed,
+    HandshakeRejected,
+    InvalidURL,
+    LinkClosed,
+    LinkError,
+    LinkUnreachable,
+    OnConnectFailed,
+    QueueFull,
+    ResilientWSError,
+    RetryBudgetExhausted,
+    TLSVerificationFailed,
+)
+
+__all__ = [
+    "Backoff",
+    "Classifier",
+    "Closed",
+    "ConcurrencyError",
+    "Connected",
+    "Connecting",
+    "Connection",
+    "ConnectionClosed",
+    "ConnectionClosedOK",
+    "ConnectionFailed",
+    "ConnectionStats",
+    "Decision",
+    "Disconnected",
+    "Event",
+    "EventsMissed",
+    "Failover",
+    "HandshakeFailed",
+    "HandshakeRejected",
+    "InvalidURL",
+    "Link",
+    "LinkClosed",
+    "LinkError",
+    "LinkUnreachable",
+    "MessagesDropped",
+    "OnConnect",
+    "OnConnectFailed",
+    "QueueFull",
+    "Reconnecting",
+    "ResilientWSError",
+    "RetryBudgetExhausted",
+    "SendQueue",
+    "State",
+    "TLSVerificationFailed",
+    "WhenFull",
+    "configure_json_logging",
+    "connect",
+    "default_classifier",
+    "redact_url",
+]

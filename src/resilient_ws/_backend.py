@@ -1,0 +1,205 @@
+"""The boundary with websockets: pick its asyncio or trio client, translate its exceptions.
+
+This is the only client module that imports websockets. It hands the I/O layer a
+``RawLink`` (the websockets connection object) and turns every failure into a
+:class:`~resilient_ws.LinkError`.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
+from typing import Any, Protocol
+
+import anyio
+import sniffio
+from websockets.exceptions import (
+    ConnectionClosed,
+    InvalidHandshake,
+    InvalidMessage,
+    InvalidStatus,
+    InvalidURI,
+)
+from websockets.uri import parse_uri
+
+from .exceptions import (
+    HandshakeFailed,
+    HandshakeRejected,
+    InvalidURL,
+    LinkClosed,
+    LinkError,
+    LinkUnreachable,
+    TLSVerificationFailed,
+)
+
+__all__ = [
+    "ConnectionClosed",
+    "RawLink",
+    "check_url",
+    "close_link",
+    "link_closed_error",
+    "open_link",
+    "parse_retry_after",
+    "translate",
+    "wait_link_closed",
+]
+
+# RFC 6455 section 7.4.1: 1006 is reserved for "closed without a close frame".
+ABNORMAL_CLOSURE = 1006
+# Longest wait for websockets to finish closing a link we are leaving.
+_EXIT_TIMEOUT = 5.0
+
+
+class RawLink(Protocol):
+    """The part of websockets' asyncio and trio ``ClientConnection`` the I/O layer uses."""
+
+    @property
+    def subprotocol(self) -> str | None: ...
+    @property
+    def close_code(self) -> int | None: ...
+    @property
+    def close_reason(self) -> str | None: ...
+    async def recv(self) -> str | bytes: ...
+    async def send(self, message: str | bytes) -> None: ...
+    async def wait_closed(self) -> None: ...
+
+
+def check_url(url: str) -> str:
+    """Validate a WebSocket URL now, so that a typo fails at ``connect()``, not at a retry.
+
+    Raises:
+        InvalidURL: ``url`` is not a valid ``ws://`` or ``wss://`` URL.
+    """
+    if not isinstance(url, str):
+        raise InvalidURL(repr(url), "a URL must be a str")
+    try:
+        parse_uri(url)
+    except InvalidURI as exc:
+        raise InvalidURL(url, exc.msg) from exc
+    return url
+
+
+def _is_trio() -> bool:
+    return sniffio.current_async_library() == "trio"
+
+
+@asynccontextmanager
+async def open_link(url: str, options: dict[str, Any]) -> AsyncIterator[RawLink]:
+    """Open a websockets client connection with the running event loop's implementation.
+
+    Raises:
+        LinkError: The attempt failed; ``__cause__`` is the original exception.
+    """
+    connect: Callable[..., AbstractAsyncContextManager[Any]]
+    if _is_trio():
+        from websockets.trio.client import connect
+    else:
+        from websockets.asyncio.client import connect
+    manager = connect(url, **options)
+    try:
+        raw = await manager.__aenter__()
+    except Exception as exc:
+        raise translate(exc) from exc
+    try:
+        yield raw
+    finally:
+        # Shielded and bounded: a cancelled caller must still release the socket.
+        # A broken link may fail to close; how it broke is reported by the caller.
+        with (
+            anyio.CancelScope(shield=True),
+            anyio.move_on_after(_EXIT_TIMEOUT),
+            suppress(Exception),
+        ):
+            await manager.__aexit__(None, None, None)
+
+
+async def close_link(raw: RawLink, code: int, reason: str) -> None:
+    """Run the closing handshake (asyncio ``close()``, trio ``aclose()``)."""
+    # The two implementations name it differently; RawLink can declare neither.
+    name = "aclose" if hasattr(raw, "aclose") else "close"
+    closer: Callable[[int, str], Awaitable[None]] = getattr(raw, name)
+    with suppress(OSError, ConnectionClosed):
+        await closer(code, reason)
+
+
+async def wait_link_closed(raw: RawLink) -> None:
+    """Return when the link's TCP connection is closed."""
+    await raw.wait_closed()
+
+
+def link_closed_error(raw: RawLink) -> LinkClosed:
+    """The LinkClosed error that describes how ``raw`` ended."""
+    code = raw.close_code
+    return LinkClosed(ABNORMAL_CLOSURE if code is None else code, raw.close_reason or "")
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (RFC 9110 section 10.2.3).
+
+    Args:
+        value: The header value: delta-seconds or an HTTP-date.
+        now: Current wall-clock time (POSIX seconds), for an HTTP-date.
+
+    Returns:
+        Seconds (>= 0), or ``None`` when the header is absent or invalid.
+    """
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - now)
+
+
+def translate(exc: BaseException, now: float | None = None) -> LinkError:
+    """Map an exception from websockets, ssl, trio or the OS to a :class:`LinkError`.
+
+    Raises:
+        BaseException: ``exc`` itself when it is not a link failure (a bug, a cancellation).
+    """
+    import time
+
+    if isinstance(exc, LinkError):
+        return exc
+    if isinstance(exc, InvalidStatus):
+        response = exc.response
+        retry_after = parse_retry_after(
+            response.headers.get("Retry-After"), time.time() if now is None else now
+        )
+        return HandshakeRejected(response.status_code, retry_after)
+    if isinstance(exc, InvalidMessage) and isinstance(exc.__cause__, (EOFError, OSError)):
+        # The server closed the TCP connection during the handshake: restarting, or overloaded.
+        return LinkUnreachable(f"connection lost during the opening handshake: {exc.__cause__}")
+    if isinstance(exc, InvalidHandshake):
+        return HandshakeFailed(str(exc))
+    if isinstance(exc, ConnectionClosed):
+        rcvd = exc.rcvd
+        if rcvd is None:
+            return LinkClosed(ABNORMAL_CLOSURE)
+        return LinkClosed(rcvd.code, rcvd.reason)
+    # SSLCertVerificationError is an OSError: test it first.
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return TLSVerificationFailed(f"TLS certificate verification failed: {exc.verify_message}")
+    if isinstance(exc, ssl.SSLError):
+        return HandshakeFailed(f"TLS handshake failed: {exc}")
+    if isinstance(exc, (OSError, EOFError, TimeoutError)):
+        return LinkUnreachable(str(exc) or type(exc).__name__)
+    if _is_trio_stream_error(exc):
+        return LinkUnreachable(str(exc) or type(exc).__name__)
+    raise exc
+
+
+def _is_trio_stream_error(exc: BaseException) -> bool:
+    try:
+        import trio
+    except ImportError:
+        return False
+    return isinstance(exc, (trio.BrokenResourceError, trio.ClosedResourceError))

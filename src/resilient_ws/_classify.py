@@ -1,0 +1,59 @@
+"""Deciding whether a link error is worth a reconnect.
+
+Pure: the classifier sees only resilient_ws exceptions, never third-party ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
+
+from .exceptions import (
+    HandshakeFailed,
+    HandshakeRejected,
+    LinkClosed,
+    LinkError,
+    OnConnectFailed,
+    TLSVerificationFailed,
+)
+
+__all__ = ["Classifier", "Decision", "default_classifier"]
+
+Decision = Literal["retry", "fatal"]
+"""``"retry"``: reconnect after a backoff delay. ``"fatal"``: close for good and raise."""
+
+Classifier = Callable[[LinkError], Decision]
+"""A function that maps a :class:`~resilient_ws.LinkError` to a :data:`Decision`."""
+
+# 408 Request Timeout, 425 Too Early and 429 Too Many Requests say "later", not "never".
+_RETRYABLE_4XX = frozenset({408, 425, 429})
+# 1003: the peer cannot accept this data type; 1008: policy violation (RFC 6455 section 7.4.1).
+# Reconnecting would repeat the same refusal.
+_FATAL_CLOSE_CODES = frozenset({1003, 1008})
+
+
+def default_classifier(error: LinkError) -> Decision:
+    """The default classifier.
+
+    Fatal: HTTP 4xx at the handshake except 408/425/429 (so 400, 401, 403, 404 among others),
+    a certificate that does not verify, a handshake that cannot be negotiated, an
+    ``on_connect`` hook that raised, and close codes 1003 (unsupported data) and 1008
+    (policy violation).
+
+    Transient: everything else, notably refused or reset connections, timeouts, 5xx and 429
+    answers, and close codes 1000, 1001, 1006, 1011, 1012 and 1013.
+
+    Args:
+        error: Why the attempt or link failed.
+
+    Returns:
+        ``"fatal"`` or ``"retry"``.
+    """
+    if isinstance(error, HandshakeRejected):
+        fatal = 400 <= error.status < 500 and error.status not in _RETRYABLE_4XX
+        return "fatal" if fatal else "retry"
+    if isinstance(error, (TLSVerificationFailed, HandshakeFailed, OnConnectFailed)):
+        return "fatal"
+    if isinstance(error, LinkClosed) and error.code in _FATAL_CLOSE_CODES:
+        return "fatal"
+    return "retry"

@@ -1,0 +1,113 @@
+"""Frozen policy objects that group the settings of :func:`resilient_ws.connect`.
+
+Every field is keyword-only and validated on construction, so a bad setting fails where it
+is written, not at the first reconnect. Replace a field with :func:`dataclasses.replace`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+__all__ = ["Backoff", "Failover", "SendQueue", "WhenFull"]
+
+WhenFull = Literal["wait", "raise", "drop_oldest"]
+"""What ``send()`` does when the send queue is full (see :class:`SendQueue`)."""
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Backoff:
+    """How long to wait between reconnection attempts, and when to give up.
+
+    The n-th consecutive failed attempt is followed by a delay drawn uniformly from
+    ``[0, cap_n]`` ("full jitter", which spreads a crowd of clients that lost the same server):
+    ``cap_1 = first_delay`` so the first retry is fast, then
+    ``cap_n = min(max_delay, base * multiplier ** (n - 2))``.
+
+    A link that stays up for ``stable_after`` seconds resets the count: a server that accepts
+    and then closes at once keeps the delays growing instead of causing a reconnect storm.
+
+    Attributes:
+        first_delay: Upper bound of the delay before the first retry, in seconds.
+        base: Upper bound of the delay before the second retry, in seconds.
+        multiplier: Growth factor of the bound per further failure.
+        max_delay: Cap of the bound, in seconds.
+        stable_after: Seconds a link must stay up before the failure count resets.
+        max_attempts: Give up after this many consecutive failed attempts (``None``: never).
+        max_elapsed: Give up when failures have lasted this many seconds (``None``: never).
+        max_retry_after: Longest ``Retry-After`` (429/503 answers) honoured, in seconds.
+    """
+
+    first_delay: float = 0.1
+    base: float = 0.5
+    multiplier: float = 2.0
+    max_delay: float = 30.0
+    stable_after: float = 10.0
+    max_attempts: int | None = None
+    max_elapsed: float | None = None
+    max_retry_after: float = 300.0
+
+    def __post_init__(self) -> None:
+        _require(self.first_delay >= 0, "first_delay must be >= 0")
+        _require(self.base >= 0, "base must be >= 0")
+        _require(self.multiplier >= 1, "multiplier must be >= 1")
+        _require(self.max_delay >= 0, "max_delay must be >= 0")
+        _require(self.stable_after >= 0, "stable_after must be >= 0")
+        _require(self.max_attempts is None or self.max_attempts >= 1, "max_attempts must be >= 1")
+        _require(self.max_elapsed is None or self.max_elapsed > 0, "max_elapsed must be > 0")
+        _require(self.max_retry_after >= 0, "max_retry_after must be >= 0")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SendQueue:
+    """Bounds of the queue that holds outbound messages while the link is down.
+
+    Messages flush in order after the next link is up and ``on_connect`` has run.
+
+    Attributes:
+        max_messages: Most messages held.
+        max_bytes: Most payload bytes held (UTF-8 length for ``str``). A single message
+            larger than this is refused with ``ValueError``.
+        when_full: ``"wait"`` (default) makes ``send()`` wait for room (backpressure);
+            ``"raise"`` makes it raise :class:`~resilient_ws.QueueFull`; ``"drop_oldest"``
+            drops the oldest queued messages to make room and reports them in a
+            :class:`~resilient_ws.MessagesDropped` event.
+    """
+
+    max_messages: int = 1024
+    max_bytes: int = 4 * 1024 * 1024
+    when_full: WhenFull = "wait"
+
+    def __post_init__(self) -> None:
+        _require(self.max_messages >= 1, "max_messages must be >= 1")
+        _require(self.max_bytes >= 1, "max_bytes must be >= 1")
+        _require(
+            self.when_full in ("wait", "raise", "drop_oldest"),
+            f"when_full must be 'wait', 'raise' or 'drop_oldest', not {self.when_full!r}",
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Failover:
+    """How a client given several URLs (``urls=[primary, backup, ...]``) moves between them.
+
+    A failed attempt moves to the next URL in order, wrapping around. A link that was stable
+    (see :attr:`Backoff.stable_after`) and then dropped starts again from the primary.
+
+    Attributes:
+        failback_after: Seconds on a backup URL after which the client tries the primary
+            again; if a probe connection to the primary succeeds, the backup link is closed
+            (code 1001) and the client reconnects to the primary. ``None`` disables it.
+    """
+
+    failback_after: float | None = 300.0
+
+    def __post_init__(self) -> None:
+        _require(
+            self.failback_after is None or self.failback_after > 0, "failback_after must be > 0"
+        )

@@ -1,0 +1,140 @@
+"""Typed lifecycle events yielded by :meth:`resilient_ws.Connection.events`.
+
+Each event is a frozen dataclass. ``at`` is the event loop's clock
+(:func:`anyio.current_time`) when the event happened, so intervals between events are
+meaningful; it is not wall-clock time.
+
+A normal life::
+
+    Connecting -> Connected -> Disconnected -> Reconnecting -> Connecting -> Connected
+    ... -> Closed
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .exceptions import LinkError
+
+__all__ = [
+    "Closed",
+    "Connected",
+    "Connecting",
+    "Disconnected",
+    "Event",
+    "EventsMissed",
+    "MessagesDropped",
+    "Reconnecting",
+]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Event:
+    """Base of every lifecycle event.
+
+    Attributes:
+        at: Event-loop time of the event, in seconds.
+    """
+
+    at: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Connecting(Event):
+    """A connection attempt started.
+
+    Attributes:
+        url: The URL tried, secrets redacted.
+        attempt: 1 for the first attempt after a stable link (or at start), then 2, 3...
+    """
+
+    url: str
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Connected(Event):
+    """A link is open, ``on_connect`` has run and the send queue has been flushed.
+
+    Attributes:
+        url: The URL connected to, secrets redacted.
+        link: 1 for the first link of this connection, then 2, 3...
+        subprotocol: The negotiated subprotocol, if any.
+        flushed: Messages sent from the send queue when the link came up.
+    """
+
+    url: str
+    link: int
+    subprotocol: str | None
+    flushed: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Disconnected(Event):
+    """A link ended or an attempt failed.
+
+    Attributes:
+        url: The URL of the link, secrets redacted.
+        cause: Why, as a :class:`~resilient_ws.LinkError`.
+        fatal: Whether the classifier judged it fatal (no reconnect follows).
+        verdict: Diagnosis of who failed; ``"unknown"`` until liveness diagnosis applies.
+        uptime: Seconds the link had been open, ``None`` if it never opened.
+    """
+
+    url: str
+    cause: LinkError
+    fatal: bool
+    verdict: str
+    uptime: float | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Reconnecting(Event):
+    """The next attempt is scheduled.
+
+    Attributes:
+        attempt: Number of the attempt that follows the delay.
+        delay: Seconds until it starts.
+        url: The URL it will try, secrets redacted.
+    """
+
+    attempt: int
+    delay: float
+    url: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MessagesDropped(Event):
+    """Queued outbound messages were dropped to make room (``when_full="drop_oldest"``).
+
+    Attributes:
+        count: Messages dropped.
+        size: Their total payload bytes.
+    """
+
+    count: int
+    size: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Closed(Event):
+    """The connection is closed for good. It is the last event.
+
+    Attributes:
+        cause: The fatal link error, or ``None`` when the application closed it.
+        undelivered: Queued messages never sent; also in ``Connection.undelivered``.
+    """
+
+    cause: LinkError | None
+    undelivered: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EventsMissed(Event):
+    """This subscriber fell behind the bounded event history and missed events.
+
+    Attributes:
+        count: Number of events it missed.
+    """
+
+    count: int
