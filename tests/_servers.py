@@ -46,6 +46,7 @@ class ThreadServer:
         *,
         process_request: ProcessRequest | None = None,
         port: int | None = None,
+        start: bool = True,
         **options: Any,
     ) -> None:
         self.port = port or free_port()
@@ -59,6 +60,7 @@ class ThreadServer:
         self._ready = threading.Event()
         self._stop: asyncio.Future[None] | None = None
         self._thread = threading.Thread(target=self._run, daemon=True)
+        self._start_on_enter = start
 
     async def _handle(self, ws: ServerConnection) -> None:
         self.connections += 1
@@ -66,7 +68,10 @@ class ThreadServer:
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
-        self._loop.run_until_complete(self._main())
+        try:
+            self._loop.run_until_complete(self._main())
+        finally:
+            self._loop.close()
 
     async def _main(self) -> None:
         self._stop = self._loop.create_future()
@@ -81,15 +86,22 @@ class ThreadServer:
             self._ready.set()
             await self._stop
 
-    def __enter__(self) -> ThreadServer:
+    def start(self) -> None:
         self._thread.start()
         if not self._ready.wait(10):
             raise RuntimeError("test server did not start")
+
+    def __enter__(self) -> ThreadServer:
+        if self._start_on_enter:
+            self.start()
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        self._loop.call_soon_threadsafe(self._stop.set_result, None)  # type: ignore[union-attr]
-        self._thread.join(10)
+        if self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._stop.set_result, None)  # type: ignore[union-attr]
+            self._thread.join(10)
+        else:
+            self._loop.close()
 
 
 class ProcessServer:

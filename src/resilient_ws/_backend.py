@@ -7,6 +7,7 @@ This is the only client module that imports websockets. It hands the I/O layer a
 
 from __future__ import annotations
 
+import datetime
 import email.utils
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -148,14 +149,15 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     if value is None:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
     if when.tzinfo is None:
-        return None
+        # HTTP-dates are always GMT (RFC 9110 section 5.6.7); asctime form names no zone.
+        when = when.replace(tzinfo=datetime.timezone.utc)
     return max(0.0, when.timestamp() - now)
 
 
@@ -185,16 +187,31 @@ def translate(exc: BaseException, now: float | None = None) -> LinkError:
         if rcvd is None:
             return LinkClosed(ABNORMAL_CLOSURE)
         return LinkClosed(rcvd.code, rcvd.reason)
-    # SSLCertVerificationError is an OSError: test it first.
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return TLSVerificationFailed(f"TLS certificate verification failed: {exc.verify_message}")
-    if isinstance(exc, ssl.SSLError):
-        return HandshakeFailed(f"TLS handshake failed: {exc}")
+    # trio wraps TLS failures in BrokenResourceError: judge them by their cause.
+    tls_error = _tls_error(exc)
+    if isinstance(tls_error, ssl.SSLCertVerificationError):
+        return TLSVerificationFailed(
+            f"TLS certificate verification failed: {tls_error.verify_message}"
+        )
+    if tls_error is not None:
+        return HandshakeFailed(f"TLS handshake failed: {tls_error}")
     if isinstance(exc, (OSError, EOFError, TimeoutError)):
         return LinkUnreachable(str(exc) or type(exc).__name__)
     if _is_trio_stream_error(exc):
         return LinkUnreachable(str(exc) or type(exc).__name__)
     raise exc
+
+
+def _tls_error(exc: BaseException) -> ssl.SSLError | None:
+    """The ssl error that is ``exc`` or caused it, if any."""
+    seen: BaseException | None = exc
+    for _ in range(4):  # a short chain is enough; bounded against cycles
+        if seen is None:
+            return None
+        if isinstance(seen, ssl.SSLError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _is_trio_stream_error(exc: BaseException) -> bool:

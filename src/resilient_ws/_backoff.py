@@ -11,11 +11,9 @@ def delay_bound(policy: Backoff, failures: int) -> float:
     """Upper bound of the delay after ``failures`` consecutive failed attempts (>= 1)."""
     if failures <= 1:
         return policy.first_delay
-    # Bound the exponent so that a long outage cannot overflow the float.
-    exponent = min(failures - 2, 1024)
     try:
-        grown = policy.base * policy.multiplier**exponent
-    except OverflowError:
+        grown = policy.base * policy.multiplier ** (failures - 2)
+    except OverflowError:  # a long outage: far past the cap
         return policy.max_delay
     return min(policy.max_delay, grown)
 

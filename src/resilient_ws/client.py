@@ -299,15 +299,15 @@ class Connection:
         finally:
             self._receiving = False
 
-    def __aiter__(self) -> AsyncIterator[Message]:
-        return self._iterate()
+    def __aiter__(self) -> Connection:
+        return self
 
-    async def _iterate(self) -> AsyncIterator[Message]:
-        while True:
-            try:
-                yield await self.recv()
-            except ConnectionClosedOK:
-                return
+    async def __anext__(self) -> Message:
+        """Next message for ``async for``; the loop ends when the application closed."""
+        try:
+            return await self.recv()
+        except ConnectionClosedOK:
+            raise StopAsyncIteration from None
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         """Close the connection for good and wait until it is closed.
@@ -327,27 +327,14 @@ class Connection:
                 self._run_scope.cancel()
         await self._finished.wait()
 
-    async def events(self) -> AsyncIterator[Event]:
+    def events(self) -> AsyncIterator[Event]:
         """Iterate over lifecycle events, starting from the oldest one still kept.
 
         The last 256 events are kept. A subscriber that falls further behind gets an
         :class:`~resilient_ws.EventsMissed` event saying how many it missed. Iteration
         ends after the :class:`~resilient_ws.Closed` event.
         """
-        index = self._events_seen - len(self._events)
-        while True:
-            oldest = self._events_seen - len(self._events)
-            if index < oldest:
-                yield EventsMissed(at=anyio.current_time(), count=oldest - index)
-                index = oldest
-            if index < self._events_seen:
-                event = self._events[index - oldest]
-                index += 1
-                yield event
-                if isinstance(event, Closed):
-                    return
-                continue
-            await self._changed.wait()
+        return _EventStream(self)
 
     async def __aenter__(self) -> Connection:
         self._changed = Signal()
@@ -656,6 +643,41 @@ class Connection:
         self._events.append(event)
         self._events_seen += 1
         self._changed.notify()
+
+
+class _EventStream:
+    """One subscriber's cursor into a connection's bounded event history.
+
+    A plain iterator object rather than an async generator: it may be dropped
+    half-way without finalization trouble on trio.
+    """
+
+    __slots__ = ("_connection", "_done", "_index")
+
+    def __init__(self, connection: Connection) -> None:
+        self._connection = connection
+        history = connection._events
+        self._index = connection._events_seen - len(history)
+        self._done = False
+
+    def __aiter__(self) -> _EventStream:
+        return self
+
+    async def __anext__(self) -> Event:
+        connection = self._connection
+        while not self._done:
+            history = connection._events
+            oldest = connection._events_seen - len(history)
+            if self._index < oldest:
+                missed, self._index = oldest - self._index, oldest
+                return EventsMissed(at=anyio.current_time(), count=missed)
+            if self._index < connection._events_seen:
+                event = history[self._index - oldest]
+                self._index += 1
+                self._done = isinstance(event, Closed)
+                return event
+            await connection._changed.wait()
+        raise StopAsyncIteration
 
 
 def connect(

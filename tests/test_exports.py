@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+import importlib
+
+import pytest
+
+import resilient_ws
+import resilient_ws.exceptions
+
+EXPECTED = [
+    "Backoff",
+    "Classifier",
+    "Closed",
+    "ConcurrencyError",
+    "Connected",
+    "Connecting",
+    "Connection",
+    "ConnectionClosed",
+    "ConnectionClosedOK",
+    "ConnectionFailed",
+    "ConnectionStats",
+    "Decision",
+    "Disconnected",
+    "Event",
+    "EventsMissed",
+    "Failover",
+    "HandshakeFailed",
+    "HandshakeRejected",
+    "InvalidURL",
+    "Link",
+    "LinkClosed",
+    "LinkError",
+    "LinkUnreachable",
+    "MessagesDropped",
+    "OnConnect",
+    "OnConnectFailed",
+    "QueueFull",
+    "Reconnecting",
+    "ResilientWSError",
+    "RetryBudgetExhausted",
+    "SendQueue",
+    "State",
+    "TLSVerificationFailed",
+    "WhenFull",
+    "configure_json_logging",
+    "connect",
+    "default_classifier",
+    "redact_url",
+]
+
+PUBLIC_MODULES = ["config", "events", "exceptions", "client"]
+
+
+def test_all_is_exactly_the_expected_list() -> None:
+    assert sorted(resilient_ws.__all__) == sorted(EXPECTED)
+    assert len(resilient_ws.__all__) == len(set(resilient_ws.__all__))
+
+
+@pytest.mark.parametrize("name", EXPECTED)
+def test_exported_name_is_importable(name: str) -> None:
+    namespace: dict[str, object] = {}
+    exec(f"from resilient_ws import {name}", namespace)
+    assert namespace[name] is getattr(resilient_ws, name)
+
+
+@pytest.mark.parametrize("module_name", PUBLIC_MODULES)
+def test_public_module_has_all(module_name: str) -> None:
+    module = importlib.import_module(f"resilient_ws.{module_name}")
+    names = module.__dict__.get("__all__")
+    assert isinstance(names, list)
+    assert names
+    assert all(hasattr(module, name) for name in names)
+
+
+@pytest.mark.parametrize("name", resilient_ws.exceptions.__all__)
+def test_exception_derives_from_root(name: str) -> None:
+    exc_type = getattr(resilient_ws.exceptions, name)
+    assert issubclass(exc_type, resilient_ws.ResilientWSError)
