@@ -336,16 +336,21 @@ async def test_cancelled_recv_loses_no_message() -> None:
         async with resilient_ws.connect(server.url) as ws:
             for i in range(count):
                 await ws.send(str(i))
-            received = []
-            while len(received) < count:
-                # A recv() cancelled at its first checkpoint, then one that completes.
-                with anyio.CancelScope() as scope:
-                    scope.cancel()
-                    received.append(await ws.recv())
-                with anyio.move_on_after(0):
-                    received.append(await ws.recv())
-                with anyio.fail_after(TIMEOUT):
-                    received.append(await ws.recv())
+            received: list[str | bytes] = []
+            for step in range(3 * count):
+                if len(received) == count:
+                    break
+                if step % 3 == 0:
+                    # Cancelled before it starts: it may still return a buffered message.
+                    with anyio.CancelScope() as scope:
+                        scope.cancel()
+                        received.append(await ws.recv())
+                elif step % 3 == 1:
+                    with anyio.move_on_after(0):
+                        received.append(await ws.recv())
+                else:
+                    with anyio.fail_after(TIMEOUT):
+                        received.append(await ws.recv())
             assert received == [str(i) for i in range(count)]
 
 
@@ -497,3 +502,33 @@ async def _until_closed(ws: resilient_ws.Connection) -> AsyncIterator[Event]:
     await ws.close()
     async for event in ws.events():
         yield event
+
+
+async def test_unread_messages_of_old_links_are_bounded_and_reported() -> None:
+    greeted = 0
+
+    async def greet_and_hang_up(ws: ServerConnection) -> None:
+        nonlocal greeted
+        greeted += 1
+        await ws.send(f"hello {greeted}")
+
+    with ThreadServer(greet_and_hang_up) as server:
+        async with resilient_ws.connect(server.url, backoff=FAST) as ws:
+            events = ws.events()
+            # The application never reads; after 8 ended links the oldest are dropped.
+            dropped = await next_event(events, resilient_ws.InboundDropped)
+            assert (dropped.link, dropped.count) == (1, 1)
+            with anyio.fail_after(TIMEOUT):
+                first = await ws.recv()
+            assert first == "hello 2"
+            await ws.close()
+
+
+async def test_cancelling_the_owner_closes_promptly() -> None:
+    with ThreadServer() as server:
+        with anyio.fail_after(5):
+            with anyio.CancelScope() as scope:
+                async with resilient_ws.connect(server.url) as ws:
+                    scope.cancel()
+                    await anyio.sleep_forever()
+        assert ws.state is State.CLOSED

@@ -23,6 +23,7 @@ EXPECTED = [
     "Disconnected",
     "Event",
     "EventsMissed",
+    "InboundDropped",
     "Failover",
     "HandshakeFailed",
     "HandshakeRejected",

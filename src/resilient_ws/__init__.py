@@ -12,6 +12,7 @@ from .events import (
     Disconnected,
     Event,
     EventsMissed,
+    InboundDropped,
     MessagesDropped,
     Reconnecting,
 )
@@ -52,6 +53,7 @@ __all__ = [
     "Failover",
     "HandshakeFailed",
     "HandshakeRejected",
+    "InboundDropped",
     "InvalidURL",
     "Link",
     "LinkClosed",

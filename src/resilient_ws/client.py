@@ -7,6 +7,7 @@ pure modules: the state table, the backoff arithmetic, the classifier and the ou
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 import secrets
@@ -36,6 +37,7 @@ from .events import (
     Disconnected,
     Event,
     EventsMissed,
+    InboundDropped,
     MessagesDropped,
     Reconnecting,
 )
@@ -59,6 +61,8 @@ _RESERVED_OPTIONS = frozenset({"create_connection", "process_exception", "reconn
 _EVENT_HISTORY = 256
 # Longest a close (flush, closing handshake) may take when leaving ``async with``.
 _CLOSE_TIMEOUT = 10.0
+# Ended links whose unread messages are kept when the application does not call recv().
+_MAX_ENDED_LINKS = 8
 # Code used when failing back from a backup URL to the primary (RFC 6455: going away).
 _GOING_AWAY = 1001
 
@@ -177,8 +181,8 @@ class Connection:
         """Messages still queued when the connection closed for good, oldest first."""
         self._random = random.Random()
 
-        # Links whose messages recv() still has to return, oldest first.
-        self._links: deque[RawLink] = deque()
+        # Links whose messages recv() still has to return, oldest first, with their numbers.
+        self._links: deque[tuple[RawLink, int]] = deque()
         # The link that send() writes to directly; None while down or flushing.
         self._live: RawLink | None = None
         self._flushing = False
@@ -259,6 +263,8 @@ class Connection:
                 self._outbox.appendleft(message, payload_size(message))
                 if self._live is raw:
                     self._live = None
+                elif self._live is not None:
+                    await self._flush(self._live)  # a new link is already up
             else:
                 self._sent += 1
             return
@@ -283,12 +289,12 @@ class Connection:
         try:
             while True:
                 if self._links:
-                    raw = self._links[0]
+                    raw, _ = self._links[0]
                     try:
                         message = await raw.recv()
                     except _backend.ConnectionClosed:
                         # This link is drained; move on to the next one.
-                        if self._links and self._links[0] is raw:
+                        if self._links and self._links[0][0] is raw:
                             self._links.popleft()
                         continue
                     self._received += 1
@@ -422,18 +428,23 @@ class Connection:
     # ---- the supervisor ------------------------------------------------------------------
 
     async def _run(self) -> None:
-        error: ConnectionClosed
-        with self._run_scope:
-            try:
+        error: ConnectionClosed = ConnectionClosedOK("connection closed by the application")
+        try:
+            with self._run_scope:
                 await self._supervise()
-            except LinkError as exc:
-                if self._classifier(exc) == "fatal":
-                    error = ConnectionFailed(f"connection failed: {exc}", exc)
-                else:
-                    error = RetryBudgetExhausted(f"gave up reconnecting: {exc}", exc)
-                self._finish(error, Input.FAIL)
-                return
-        self._finish(ConnectionClosedOK("connection closed by the application"), None)
+        except LinkError as exc:
+            if self._classifier(exc) == "fatal":
+                error = ConnectionFailed(f"connection failed: {exc}", exc)
+            else:
+                error = RetryBudgetExhausted(f"gave up reconnecting: {exc}", exc)
+        except Exception as exc:
+            # A bug: end the connection visibly (the task group re-raises it) rather than
+            # leave send() and recv() waiting for a supervisor that is gone.
+            error = ConnectionFailed(f"internal error: {exc!r}", LinkError(repr(exc)))
+            raise
+        finally:
+            # Also on cancellation from outside, so that nobody waits on a dead supervisor.
+            self._finish(error)
 
     async def _supervise(self) -> None:
         """Attempt links until one is closed by the application or a fatal error occurs.
@@ -521,7 +532,7 @@ class Connection:
         # No await between the end of the flush and publishing: nothing can be queued
         # in between, so order is kept.
         self._live = raw
-        self._links.append(raw)
+        self._links.append((raw, number))
         self._machine.apply(Input.LINK_UP)
         self._failing_since = None
         self._emit(
@@ -541,7 +552,29 @@ class Connection:
             subprotocol=raw.subprotocol,
             flushed=flushed,
         )
+        await self._drop_unread_links()
         await self._wait_link_end(raw)
+
+    async def _drop_unread_links(self) -> None:
+        """Bound the ended links kept for an application that does not call ``recv()``.
+
+        Each ended link holds at most websockets' ``max_queue`` frames; keeping the most
+        recent few bounds memory. What is dropped is counted and reported, never silent.
+        """
+        while len(self._links) > _MAX_ENDED_LINKS + 1:
+            # recv() may be reading the oldest link right now; leave that one to it.
+            index = 1 if self._receiving else 0
+            raw, number = self._links[index]
+            del self._links[index]
+            count = 0
+            # An ended link returns what it buffered at once, then raises.
+            with anyio.move_on_after(_CLOSE_TIMEOUT), suppress(_backend.ConnectionClosed):
+                while True:
+                    await raw.recv()
+                    count += 1
+            if count:
+                self._emit(InboundDropped(at=anyio.current_time(), link=number, count=count))
+                log("inbound_dropped", connection_id=self.connection_id, link=number, count=count)
 
     async def _wait_link_end(self, raw: RawLink) -> None:
         """Wait until the link dies (raise), the application closes (return) or failback."""
@@ -611,6 +644,7 @@ class Connection:
         )
         log(
             "link_closed" if uptime is not None else "connect_failed",
+            logging.WARNING if fatal else logging.INFO,
             connection_id=self.connection_id,
             url=redact_url(url),
             cause=str(error),
@@ -622,11 +656,15 @@ class Connection:
             uptime=uptime,
         )
 
-    def _finish(self, error: ConnectionClosed, event: Input | None) -> None:
+    def _finish(self, error: ConnectionClosed) -> None:
         self._error = error
         self._live = None
-        if self._machine.state is not State.CLOSED:
-            self._machine.apply(event if event is not None else Input.FINISHED)
+        if isinstance(error, ConnectionFailed):
+            self._machine.apply(Input.FAIL)
+        else:
+            if self._machine.state is not State.CLOSING:
+                self._machine.apply(Input.CLOSE)
+            self._machine.apply(Input.FINISHED)
         self.undelivered = self._outbox.clear()
         cause = error.cause
         self._emit(Closed(at=anyio.current_time(), cause=cause, undelivered=len(self.undelivered)))

@@ -23,6 +23,7 @@ __all__ = [
     "Disconnected",
     "Event",
     "EventsMissed",
+    "InboundDropped",
     "MessagesDropped",
     "Reconnecting",
 ]
@@ -114,6 +115,22 @@ class MessagesDropped(Event):
 
     count: int
     size: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InboundDropped(Event):
+    """Unread inbound messages of an ended link were dropped to bound memory.
+
+    The client keeps the unread messages of the 8 most recent ended links for ``recv()``;
+    an application that does not call ``recv()`` loses older ones, and is told here.
+
+    Attributes:
+        link: Number of the link whose messages were dropped.
+        count: Messages dropped.
+    """
+
+    link: int
+    count: int
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
