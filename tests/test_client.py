@@ -199,6 +199,30 @@ async def test_retry_budget_exhausted() -> None:
     assert connection.stats.attempts == 3
 
 
+async def test_time_budget_exhausted() -> None:
+    url = f"ws://127.0.0.1:{free_port()}/"  # nothing listens there
+    budget = Backoff(first_delay=0.05, base=0.05, max_delay=0.1, max_elapsed=0.5)
+    connection = resilient_ws.connect(url, backoff=budget)
+    history: list[Event] = []
+
+    async def record() -> None:
+        async for event in connection.events():
+            history.append(event)
+
+    with anyio.fail_after(TIMEOUT):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(record)
+            with pytest.raises(resilient_ws.RetryBudgetExhausted):
+                async with connection:
+                    pytest.fail("must not open")
+    delays = [event.delay for event in history if isinstance(event, Reconnecting)]
+    assert len(delays) >= 2
+    assert all(0 <= delay <= 0.1 for delay in delays)
+    failures = [event for event in history if isinstance(event, Disconnected)]
+    assert failures[-1].at - failures[0].at >= 0.5 - 0.1  # gave up only once the budget ran out
+    assert isinstance(history[-1], Closed)
+
+
 async def test_tls_verification_failure_is_fatal() -> None:
     ca = trustme.CA()
     server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
