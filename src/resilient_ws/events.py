@@ -46,7 +46,9 @@ class Connecting(Event):
 
     Attributes:
         url: The URL tried, secrets redacted.
-        attempt: 1 for the first attempt after a stable link (or at start), then 2, 3...
+        attempt: 1 for the first attempt; each failed attempt or dropped link adds one. A
+            link that stayed up for ``Backoff.stable_after`` resets the count, so the first
+            reconnect after it is attempt 2.
     """
 
     url: str
