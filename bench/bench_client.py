@@ -1,6 +1,6 @@
 """Benchmark the resilient_ws client against the raw websockets client, same local server.
 
-    python bench/bench_client.py [--seconds 2.0] [--reps 3] [--stat median|best]
+    python bench/bench_client.py [--seconds 2.0] [--reps 5] [--stat median|best]
                                  [--backend asyncio|trio] [--json]
 
 The server (``--serve PORT``, PORT 0 = any free port) runs in a child process: an asyncio
@@ -205,7 +205,7 @@ def main() -> None:
     parser.add_argument("--serve", type=int, metavar="PORT", help=argparse.SUPPRESS)
     parser.add_argument("--seconds", type=float, default=2.0, help="per throughput run")
     parser.add_argument("--count", type=int, default=5000, help="echo round trips per run")
-    parser.add_argument("--reps", type=int, default=3, help="repetitions per cell (>= 3)")
+    parser.add_argument("--reps", type=int, default=5, help="repetitions per cell (>= 3)")
     parser.add_argument("--stat", choices=["median", "best"], default="median")
     parser.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio",
                         help="trio: also compare both clients on trio")  # fmt: skip

@@ -185,6 +185,8 @@ class Connection:
         self._links: deque[tuple[RawLink, int]] = deque()
         # The link that send() writes to directly; None while down or flushing.
         self._live: RawLink | None = None
+        # The live link while send() may write to it directly, else None (_refresh_fast).
+        self._fast: RawLink | None = None
         self._flushing = False
         self._receiving = False
         self._error: ConnectionClosed | None = None
@@ -251,26 +253,54 @@ class Connection:
             QueueFull: The queue is full and its policy is ``when_full="raise"``.
             ConnectionClosed: The connection is closed or closing.
         """
+        # The fast path: one attribute check while a link is up and nothing is queued.
+        raw = self._fast
+        if raw is None or not (type(message) is str or type(message) is bytes):
+            raw = await self._send_slow(message)
+            if raw is None:
+                return  # queued
+        try:
+            await raw.send(message)
+        except _backend.ConnectionClosed:
+            # The link died under this send: keep the message for the next link.
+            self._outbox.appendleft(message, payload_size(message))
+            if self._live is raw:
+                self._set_live(None)
+            elif self._live is not None:
+                await self._flush(self._live)  # a new link is already up
+            self._refresh_fast()
+            return
+        self._sent += 1
+
+    async def _send_slow(self, message: Message) -> RawLink | None:
+        """Validate; return the link to write to, or queue (and flush) and return None."""
         if not isinstance(message, (str, bytes)):
             raise TypeError(f"message must be str or bytes, not {type(message).__name__}")
         self._check_sendable()
-        raw = self._live
-        if raw is not None and not self._outbox and not self._flushing:
-            try:
-                await raw.send(message)
-            except _backend.ConnectionClosed:
-                # The link died under this send: keep the message for the next link.
-                self._outbox.appendleft(message, payload_size(message))
-                if self._live is raw:
-                    self._live = None
-                elif self._live is not None:
-                    await self._flush(self._live)  # a new link is already up
-            else:
-                self._sent += 1
-            return
+        if self._fast is not None:
+            return self._fast
         await self._enqueue(message)
         if self._live is not None:
             await self._flush(self._live)
+        return None
+
+    def _set_live(self, raw: RawLink | None) -> None:
+        self._live = raw
+        self._refresh_fast()
+
+    def _refresh_fast(self) -> None:
+        """Keep ``_fast`` equal to the live link exactly when send() may write to it directly:
+        a link is live, the connection is open, and nothing is queued or flushing (a direct
+        send would overtake queued messages).
+        """
+        live = self._live
+        direct = (
+            live is not None
+            and not self._outbox
+            and not self._flushing
+            and self._machine.state is State.OPEN
+        )
+        self._fast = live if direct else None
 
     async def recv(self) -> Message:
         """Receive the next message, across reconnects, in order.
@@ -326,6 +356,7 @@ class Connection:
         if self._machine.state not in (State.CLOSING, State.CLOSED):
             self._close_code, self._close_reason = code, reason
             self._machine.apply(Input.CLOSE)
+            self._refresh_fast()
             self._changed.notify()
             if self._link_scope is not None:
                 self._link_scope.cancel()  # graceful: the supervisor closes the link
@@ -395,6 +426,7 @@ class Connection:
             await self._changed.wait()
             self._check_sendable()
         self._outbox.append(message, size)
+        self._refresh_fast()
 
     async def _flush(self, raw: RawLink) -> int:
         """Send queued messages on ``raw`` in order; return how many.
@@ -407,6 +439,7 @@ class Connection:
         if self._flushing:
             return 0
         self._flushing = True
+        self._refresh_fast()
         count = 0
         try:
             while self._outbox:
@@ -417,12 +450,13 @@ class Connection:
                 except _backend.ConnectionClosed:
                     self._outbox.appendleft(message, size)
                     if self._live is raw:
-                        self._live = None
+                        self._set_live(None)
                     raise _backend.link_closed_error(raw) from None
                 count += 1
                 self._sent += 1
         finally:
             self._flushing = False
+            self._refresh_fast()
         return count
 
     # ---- the supervisor ------------------------------------------------------------------
@@ -531,9 +565,9 @@ class Connection:
         flushed = await self._flush(raw)
         # No await between the end of the flush and publishing: nothing can be queued
         # in between, so order is kept.
-        self._live = raw
         self._links.append((raw, number))
         self._machine.apply(Input.LINK_UP)
+        self._set_live(raw)
         self._failing_since = None
         self._emit(
             Connected(
@@ -593,11 +627,11 @@ class Connection:
                 await self._close_link(raw)
                 return
             if not scope.cancelled_caught:
-                self._live = None
+                self._set_live(None)
                 raise _backend.link_closed_error(raw)
             # On a backup for failback_after seconds: move back if the primary answers.
             if await self._primary_answers():
-                self._live = None
+                self._set_live(None)
                 reason = "failing back to the primary URL"
                 await _backend.close_link(raw, _GOING_AWAY, reason)
                 raise LinkClosed(_GOING_AWAY, reason)
@@ -613,13 +647,13 @@ class Connection:
         # What a dying link leaves in the queue is reported as undelivered.
         with suppress(LinkError):
             await self._flush(raw)
-        self._live = None
+        self._set_live(None)
         await _backend.close_link(raw, self._close_code, self._close_reason)
 
     def _link_failed(self, error: LinkError, url: str, uptime: float | None) -> None:
         fatal = self._classifier(error) == "fatal"
         stable = uptime is not None and uptime >= self._backoff.stable_after
-        self._live = None
+        self._set_live(None)
         self._last_error = error
         if stable:
             self._failures = 0
@@ -658,7 +692,7 @@ class Connection:
 
     def _finish(self, error: ConnectionClosed) -> None:
         self._error = error
-        self._live = None
+        self._set_live(None)
         if isinstance(error, ConnectionFailed):
             self._machine.apply(Input.FAIL)
         else:
