@@ -7,10 +7,13 @@ The server (``--serve PORT``, PORT 0 = any free port) runs in a child process: a
 websockets server on 127.0.0.1 with compression off. ``/sink`` counts messages and answers a
 ``"sync"`` text message with the count since the previous sync; ``/echo`` echoes.
 
-Throughput: send for ``--seconds``, then "sync" and wait for the count, so the rate
-(messages / elapsed, the ack included) counts only messages the server received.
-Latency: sequential 64 B send/recv pairs after a warm-up. Each cell is run ``--reps`` times,
-alternating which client goes first, and summarized by the median (or the best) run.
+Throughput: each client sends for ``--seconds`` in all, in 8 slices interleaved with the
+other client's (a shared VM has slow phases seconds long; interleaving spreads them over
+both); each slice ends with "sync" and waits for the count, so the rate (messages / elapsed,
+the acks included) counts only messages the server received.
+Latency: sequential 64 B send/recv pairs after a warm-up, in interleaved slices too.
+Each cell is run ``--reps`` times, alternating which client goes first, and summarized by
+the median (or the best) run.
 ``--backend trio`` also compares both clients on trio (raw: ``websockets.trio``).
 """
 
@@ -25,7 +28,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from typing import Any, Protocol
 
 import anyio
@@ -36,6 +39,8 @@ SYNC = "sync"
 SIZES = {"64 B": 64, "16 KiB": 16 * 1024}
 ECHO_SIZE = 64
 WARMUP = 500
+# Interleaved slices per throughput run (see throughput()).
+SLICES = 8
 THROUGHPUT_MIN_RATIO = 0.9
 P50_MAX_RATIO = 1.1
 
@@ -106,31 +111,62 @@ async def _send_then_sync(ws: Client, payload: bytes, deadline: float) -> int:
 
 
 async def throughput(
-    connect: Connector, url: str, size: int, seconds: float
-) -> tuple[float, float]:
-    """Messages per second, client to server, delivery confirmed; client CPU us/message."""
+    connectors: dict[str, Connector], url: str, size: int, seconds: float
+) -> dict[str, tuple[float, float]]:
+    """Per client: messages per second to the server, delivery confirmed; CPU us/message.
+
+    Each client sends for ``seconds`` in all, in SLICES slices interleaved with the other
+    client's, so that this machine's slow phases (seconds long on a shared VM) hit both.
+    """
     payload = b"x" * size
-    async with connect(f"{url}/sink") as ws:
-        await _send_then_sync(ws, payload, time.perf_counter() + 0.1)  # warm-up
-        start, cpu = time.perf_counter(), time.process_time()
-        sent = await _send_then_sync(ws, payload, start + seconds)
-        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
-        return sent / elapsed, cpu / sent * 1e6
+    totals = {name: [0, 0.0, 0.0] for name in connectors}  # sent, elapsed, cpu
+    async with AsyncExitStack() as stack:
+        clients = {
+            name: await stack.enter_async_context(connect(f"{url}/sink"))
+            for name, connect in connectors.items()
+        }
+        for ws in clients.values():
+            await _send_then_sync(ws, payload, time.perf_counter() + 0.1)  # warm-up
+        for _ in range(SLICES):
+            for name, ws in clients.items():
+                start, cpu = time.perf_counter(), time.process_time()
+                sent = await _send_then_sync(ws, payload, start + seconds / SLICES)
+                total = totals[name]
+                total[0] += sent
+                total[1] += time.perf_counter() - start
+                total[2] += time.process_time() - cpu
+    return {
+        name: (sent / elapsed, cpu / sent * 1e6) for name, (sent, elapsed, cpu) in totals.items()
+    }
 
 
-async def latency(connect: Connector, url: str, count: int) -> tuple[float, float]:
-    """p50 and p99 echo round-trip time in microseconds."""
+async def latency(
+    connectors: dict[str, Connector], url: str, count: int
+) -> dict[str, tuple[float, float]]:
+    """Per client: p50 and p99 echo round-trip time in microseconds (slices interleaved)."""
     payload = b"x" * ECHO_SIZE
-    samples: list[int] = []
-    async with connect(f"{url}/echo") as ws:
-        for i in range(WARMUP + count):
-            start = time.perf_counter_ns()
-            await ws.send(payload)
-            await ws.recv()
-            if i >= WARMUP:
-                samples.append(time.perf_counter_ns() - start)
-    cuts = statistics.quantiles(samples, n=100)
-    return cuts[49] / 1000, cuts[98] / 1000
+    samples: dict[str, list[int]] = {name: [] for name in connectors}
+    async with AsyncExitStack() as stack:
+        clients = {
+            name: await stack.enter_async_context(connect(f"{url}/echo"))
+            for name, connect in connectors.items()
+        }
+        for ws in clients.values():
+            for _ in range(WARMUP):
+                await ws.send(payload)
+                await ws.recv()
+        for _ in range(SLICES):
+            for name, ws in clients.items():
+                for _ in range(count // SLICES):
+                    start = time.perf_counter_ns()
+                    await ws.send(payload)
+                    await ws.recv()
+                    samples[name].append(time.perf_counter_ns() - start)
+    result = {}
+    for name, values in samples.items():
+        cuts = statistics.quantiles(values, n=100)
+        result[name] = (cuts[49] / 1000, cuts[98] / 1000)
+    return result
 
 
 Results = dict[str, dict[str, list[float]]]  # metric -> client -> one figure per rep
@@ -146,12 +182,12 @@ async def run_backend(backend: str, url: str, args: argparse.Namespace) -> Resul
     for rep in range(args.reps):
         order = ["raw", "resilient"] if rep % 2 == 0 else ["resilient", "raw"]
         for label, size in SIZES.items():
-            for name in order:
-                rate, cpu = await throughput(clients[name], url, size, args.seconds)
+            ordered = {name: clients[name] for name in order}
+            for name, (rate, cpu) in (await throughput(ordered, url, size, args.seconds)).items():
                 add(f"throughput {label} (msg/s)", name, rate)
                 add(f"client CPU {label} (us/msg)", name, cpu)
-        for name in order:
-            p50, p99 = await latency(clients[name], url, args.count)
+        ordered = {name: clients[name] for name in order}
+        for name, (p50, p99) in (await latency(ordered, url, args.count)).items():
             add("echo p50 (us)", name, p50)
             add("echo p99 (us)", name, p99)
     return results
@@ -185,7 +221,8 @@ def print_table(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
     print(
         f"resilient_ws vs raw websockets, compression off, server in a child process\n"
         f"{args.stat} of {args.reps} reps per cell, order alternated (raw first on even reps,"
-        f" resilient first on odd); throughput runs {args.seconds} s incl. server ack;"
+        f" resilient first on odd); throughput: {args.seconds} s per client in {SLICES}"
+        f" interleaved slices, acks included;"
         f" echo {args.count} x {ECHO_SIZE} B after {WARMUP} warm-up\n"
         f"load average before the run: {args.load:.2f} (other load skews the figures)"
     )
