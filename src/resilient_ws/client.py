@@ -1,56 +1,43 @@
 """The client: one long-lived :class:`Connection` that survives reconnects.
 
-This is the client's only module that sleeps, reads the clock or touches websockets
-connections (through :mod:`resilient_ws._backend`). The decisions it acts on come from the
-pure modules: the state table, the backoff arithmetic, the classifier and the outbox.
+The client's I/O layer is this module (what the application sees: sending, the send queue,
+receiving across links, closing, events) and :mod:`resilient_ws._supervisor` (the reconnect
+loop). Only they sleep, read the clock or touch websockets connections, through
+:mod:`resilient_ws._backend`. The decisions they act on come from the pure modules: the
+state table, the backoff arithmetic, the classifier and the outbox.
 """
 
 from __future__ import annotations
 
-import logging
-import math
-import random
 import secrets
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
 import anyio
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
 from . import _backend
 from ._backend import RawLink
-from ._backoff import next_delay
 from ._classify import Classifier, default_classifier
+from ._history import EventHistory
+from ._link import Link, OnConnect
 from ._logging import log, redact_url
 from ._outbox import Message, Outbox, payload_size
 from ._state import Input, State, StateMachine
+from ._supervisor import Supervisor
 from ._sync import Signal
 from .config import Backoff, Failover, SendQueue
-from .events import (
-    Closed,
-    Connected,
-    Connecting,
-    Disconnected,
-    Event,
-    EventsMissed,
-    InboundDropped,
-    MessagesDropped,
-    Reconnecting,
-)
+from .events import Closed, Event, InboundDropped, MessagesDropped
 from .exceptions import (
     ConcurrencyError,
     ConnectionClosed,
     ConnectionClosedOK,
     ConnectionFailed,
-    LinkClosed,
     LinkError,
-    OnConnectFailed,
     QueueFull,
-    RetryBudgetExhausted,
 )
 
 __all__ = ["Connection", "ConnectionStats", "Link", "OnConnect", "connect"]
@@ -63,47 +50,6 @@ _EVENT_HISTORY = 256
 _CLOSE_TIMEOUT = 10.0
 # Ended links whose unread messages are kept when the application does not call recv().
 _MAX_ENDED_LINKS = 8
-# Code used when failing back from a backup URL to the primary (RFC 6455: going away).
-_GOING_AWAY = 1001
-
-
-class Link:
-    """One underlying WebSocket link, as seen by the ``on_connect`` hook.
-
-    Use it to authenticate or resubscribe before queued messages flush. Errors are raised
-    as :class:`~resilient_ws.LinkError`.
-
-    Attributes:
-        url: The URL connected to (not redacted: it is yours).
-        number: 1 for the connection's first link, then 2, 3...
-        subprotocol: The negotiated subprotocol, if any.
-    """
-
-    __slots__ = ("_raw", "number", "subprotocol", "url")
-
-    def __init__(self, raw: RawLink, url: str, number: int) -> None:
-        self._raw = raw
-        self.url = url
-        self.number = number
-        self.subprotocol = raw.subprotocol
-
-    async def send(self, message: Message) -> None:
-        """Send one message on this link, ahead of anything queued."""
-        try:
-            await self._raw.send(message)
-        except _backend.ConnectionClosed as exc:
-            raise _backend.translate(exc) from exc
-
-    async def recv(self) -> Message:
-        """Receive one message on this link (a reply to authentication, say)."""
-        try:
-            return await self._raw.recv()
-        except _backend.ConnectionClosed as exc:
-            raise _backend.translate(exc) from exc
-
-
-OnConnect = Callable[[Link], Awaitable[None]]
-"""The ``on_connect`` hook: ``async def on_connect(link: Link) -> None``."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -164,14 +110,18 @@ class Connection:
         classifier: Classifier,
         options: dict[str, Any],
     ) -> None:
-        self._urls = [_backend.check_url(url) for url in urls]
-        if not self._urls:
+        checked = [_backend.check_url(url) for url in urls]
+        if not checked:
             raise ValueError("connect() needs at least one URL")
-        self._backoff = backoff
-        self._failover = failover
-        self._on_connect = on_connect
-        self._classifier = classifier
-        self._options = options
+        self._supervisor = Supervisor(
+            self,
+            checked,
+            backoff=backoff,
+            failover=failover,
+            classifier=classifier,
+            on_connect=on_connect,
+            options=options,
+        )
         self._outbox = Outbox(send_queue)
         self._when_full = send_queue.when_full
         self._machine = StateMachine()
@@ -179,7 +129,6 @@ class Connection:
         """Random id of this connection, also in every log event."""
         self.undelivered: list[Message] = []
         """Messages still queued when the connection closed for good, oldest first."""
-        self._random = random.Random()
 
         # Links whose messages recv() still has to return, oldest first, with their numbers.
         self._links: deque[tuple[RawLink, int]] = deque()
@@ -193,22 +142,13 @@ class Connection:
         self._close_code = 1000
         self._close_reason = ""
 
-        self._url_index = 0
-        self._url = self._urls[0]
-        self._failures = 0
-        self._failing_since: float | None = None
-        self._last_error: LinkError | None = None
-        self._attempts = self._link_count = 0
         self._sent = self._received = self._dropped = 0
 
-        self._events: deque[Event] = deque(maxlen=_EVENT_HISTORY)
-        self._events_seen = 0  # events ever emitted; index of the next one
 
         # Created in __aenter__: anyio primitives need a running event loop.
         self._changed: Signal
+        self._history: EventHistory
         self._task_group: anyio.abc.TaskGroup
-        self._run_scope: anyio.CancelScope
-        self._link_scope: anyio.CancelScope | None = None
         self._finished: anyio.Event
 
     # ---- public API ----------------------------------------------------------------------
@@ -221,19 +161,20 @@ class Connection:
     @property
     def stats(self) -> ConnectionStats:
         """A snapshot of the counters."""
+        supervisor = self._supervisor
         return ConnectionStats(
             state=self._machine.state.value,
-            url=redact_url(self._url),
-            attempts=self._attempts,
-            links=self._link_count,
-            reconnects=max(0, self._link_count - 1),
-            failures=self._failures,
+            url=redact_url(supervisor.url),
+            attempts=supervisor.attempts,
+            links=supervisor.links,
+            reconnects=max(0, supervisor.links - 1),
+            failures=supervisor.failures,
             messages_sent=self._sent,
             messages_received=self._received,
             queued=len(self._outbox),
             queued_bytes=self._outbox.size,
             dropped=self._dropped,
-            last_error=None if self._last_error is None else str(self._last_error),
+            last_error=None if supervisor.last_error is None else str(supervisor.last_error),
         )
 
     async def send(self, message: Message) -> None:
@@ -358,10 +299,7 @@ class Connection:
             self._machine.apply(Input.CLOSE)
             self._refresh_fast()
             self._changed.notify()
-            if self._link_scope is not None:
-                self._link_scope.cancel()  # graceful: the supervisor closes the link
-            else:
-                self._run_scope.cancel()
+            self._supervisor.stop()  # with a link up, the supervisor closes it gracefully
         await self._finished.wait()
 
     def events(self) -> AsyncIterator[Event]:
@@ -371,12 +309,12 @@ class Connection:
         :class:`~resilient_ws.EventsMissed` event saying how many it missed. Iteration
         ends after the :class:`~resilient_ws.Closed` event.
         """
-        return _EventStream(self)
+        return self._history.stream()
 
     async def __aenter__(self) -> Connection:
         self._changed = Signal()
+        self._history = EventHistory(self._changed, _EVENT_HISTORY)
         self._finished = anyio.Event()
-        self._run_scope = anyio.CancelScope()
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
         self._task_group.start_soon(self._run)
@@ -398,7 +336,7 @@ class Connection:
         with anyio.CancelScope(shield=True):
             with anyio.move_on_after(_CLOSE_TIMEOUT):
                 await self.close()
-            self._run_scope.cancel()
+            self._supervisor.cancel()
         return await self._task_group.__aexit__(exc_type, exc, traceback)
 
     # ---- sending -------------------------------------------------------------------------
@@ -459,135 +397,39 @@ class Connection:
             self._refresh_fast()
         return count
 
-    # ---- the supervisor ------------------------------------------------------------------
+    # ---- serving the supervisor (the Session protocol) -----------------------------------
 
     async def _run(self) -> None:
-        error: ConnectionClosed = ConnectionClosedOK("connection closed by the application")
         try:
-            with self._run_scope:
-                await self._supervise()
-        except LinkError as exc:
-            if self._classifier(exc) == "fatal":
-                error = ConnectionFailed(f"connection failed: {exc}", exc)
-            else:
-                error = RetryBudgetExhausted(f"gave up reconnecting: {exc}", exc)
-        except Exception as exc:
-            # A bug: end the connection visibly (the task group re-raises it) rather than
-            # leave send() and recv() waiting for a supervisor that is gone.
-            error = ConnectionFailed(f"internal error: {exc!r}", LinkError(repr(exc)))
-            raise
+            await self._supervisor.run()
         finally:
             # Also on cancellation from outside, so that nobody waits on a dead supervisor.
-            self._finish(error)
+            self._finish(self._supervisor.outcome)
 
-    async def _supervise(self) -> None:
-        """Attempt links until one is closed by the application or a fatal error occurs.
+    @property
+    def _closing(self) -> bool:
+        return self._machine.state is State.CLOSING
 
-        tenacity drives the loop: it retries transient LinkErrors, sleeps the delays, and
-        stops when the budget is spent, re-raising the last error.
-        """
-        retrying = AsyncRetrying(
-            sleep=anyio.sleep,
-            retry=retry_if_exception(self._should_retry),
-            wait=self._next_delay,
-            stop=self._budget_spent,
-            before_sleep=self._retry_scheduled,
-            reraise=True,
-        )
-        async for attempt in retrying:
-            with attempt:
-                await self._attempt()
-
-    def _should_retry(self, error: BaseException) -> bool:
-        return isinstance(error, LinkError) and self._classifier(error) == "retry"
-
-    def _next_delay(self, retry_state: RetryCallState) -> float:
-        error = self._last_error
-        retry_after = getattr(error, "retry_after", None)
-        return next_delay(self._backoff, self._failures, self._random.random(), retry_after)
-
-    def _budget_spent(self, retry_state: RetryCallState) -> bool:
-        policy = self._backoff
-        if policy.max_attempts is not None and self._failures >= policy.max_attempts:
-            return True
-        if policy.max_elapsed is not None and self._failing_since is not None:
-            return anyio.current_time() - self._failing_since >= policy.max_elapsed
-        return False
-
-    def _retry_scheduled(self, retry_state: RetryCallState) -> None:
-        delay = retry_state.upcoming_sleep
-        url = redact_url(self._urls[self._url_index])
-        attempt = self._failures + 1
-        self._emit(Reconnecting(at=anyio.current_time(), attempt=attempt, delay=delay, url=url))
-        log(
-            "reconnect_scheduled",
-            connection_id=self.connection_id,
-            attempt=attempt,
-            delay=delay,
-            url=url,
-        )
-
-    async def _attempt(self) -> None:
-        url = self._url = self._urls[self._url_index]
-        self._attempts += 1
-        attempt = self._failures + 1
-        self._emit(Connecting(at=anyio.current_time(), url=redact_url(url), attempt=attempt))
-        log(
-            "connect_started",
-            connection_id=self.connection_id,
-            url=redact_url(url),
-            attempt=attempt,
-        )
-        opened_at: float | None = None
-        try:
-            async with _backend.open_link(url, self._options) as raw:
-                opened_at = anyio.current_time()
-                await self._serve_link(raw, url)
-        except LinkError as error:
-            uptime = None if opened_at is None else anyio.current_time() - opened_at
-            self._link_failed(error, url, uptime)
-            raise
-
-    async def _serve_link(self, raw: RawLink, url: str) -> None:
-        """Run ``on_connect``, flush the queue, publish the link, and wait for its end.
-
-        Returns when the application closed the connection; raises LinkError otherwise.
-        """
-        self._link_count += 1
-        number = self._link_count
-        if self._on_connect is not None:
-            try:
-                await self._on_connect(Link(raw, url, number))
-            except LinkError:
-                raise
-            except Exception as exc:
-                raise OnConnectFailed(f"on_connect raised {exc!r}") from exc
-        flushed = await self._flush(raw)
-        # No await between the end of the flush and publishing: nothing can be queued
-        # in between, so order is kept.
+    async def _publish(self, raw: RawLink, number: int) -> None:
+        # The caller flushed the queue without an await since: nothing can have been
+        # queued in between, so a direct send now keeps order.
         self._links.append((raw, number))
         self._machine.apply(Input.LINK_UP)
         self._set_live(raw)
-        self._failing_since = None
-        self._emit(
-            Connected(
-                at=anyio.current_time(),
-                url=redact_url(url),
-                link=number,
-                subprotocol=raw.subprotocol,
-                flushed=flushed,
-            )
-        )
-        log(
-            "link_opened",
-            connection_id=self.connection_id,
-            url=redact_url(url),
-            link=number,
-            subprotocol=raw.subprotocol,
-            flushed=flushed,
-        )
         await self._drop_unread_links()
-        await self._wait_link_end(raw)
+
+    def _link_lost(self) -> None:
+        self._set_live(None)
+        if self._machine.state is not State.CLOSING:
+            self._machine.apply(Input.LINK_DOWN)
+        self._changed.notify()
+
+    async def _close_link(self, raw: RawLink) -> None:
+        # What a dying link leaves in the queue is reported as undelivered.
+        with suppress(LinkError):
+            await self._flush(raw)
+        self._set_live(None)
+        await _backend.close_link(raw, self._close_code, self._close_reason)
 
     async def _drop_unread_links(self) -> None:
         """Bound the ended links kept for an application that does not call ``recv()``.
@@ -609,86 +451,6 @@ class Connection:
             if count:
                 self._emit(InboundDropped(at=anyio.current_time(), link=number, count=count))
                 log("inbound_dropped", connection_id=self.connection_id, link=number, count=count)
-
-    async def _wait_link_end(self, raw: RawLink) -> None:
-        """Wait until the link dies (raise), the application closes (return) or failback."""
-        while True:
-            failback = self._failover.failback_after if self._url_index != 0 else None
-            scope = anyio.CancelScope(
-                deadline=math.inf if failback is None else anyio.current_time() + failback
-            )
-            self._link_scope = scope
-            try:
-                with scope:
-                    await _backend.wait_link_closed(raw)
-            finally:
-                self._link_scope = None
-            if self._machine.state is State.CLOSING:
-                await self._close_link(raw)
-                return
-            if not scope.cancelled_caught:
-                self._set_live(None)
-                raise _backend.link_closed_error(raw)
-            # On a backup for failback_after seconds: move back if the primary answers.
-            if await self._primary_answers():
-                self._set_live(None)
-                reason = "failing back to the primary URL"
-                await _backend.close_link(raw, _GOING_AWAY, reason)
-                raise LinkClosed(_GOING_AWAY, reason)
-
-    async def _primary_answers(self) -> bool:
-        try:
-            async with _backend.open_link(self._urls[0], self._options):
-                return True
-        except LinkError:
-            return False
-
-    async def _close_link(self, raw: RawLink) -> None:
-        # What a dying link leaves in the queue is reported as undelivered.
-        with suppress(LinkError):
-            await self._flush(raw)
-        self._set_live(None)
-        await _backend.close_link(raw, self._close_code, self._close_reason)
-
-    def _link_failed(self, error: LinkError, url: str, uptime: float | None) -> None:
-        fatal = self._classifier(error) == "fatal"
-        stable = uptime is not None and uptime >= self._backoff.stable_after
-        self._set_live(None)
-        self._last_error = error
-        if stable:
-            self._failures = 0
-        self._failures += 1
-        if self._failing_since is None:
-            self._failing_since = anyio.current_time()
-        # A stable link that dropped starts again from the primary; a failed attempt
-        # (or a link that did not stay up) moves on to the next URL.
-        self._url_index = 0 if stable else (self._url_index + 1) % len(self._urls)
-        if self._machine.state is not State.CLOSING:
-            self._machine.apply(Input.LINK_DOWN)
-        self._changed.notify()
-        self._emit(
-            Disconnected(
-                at=anyio.current_time(),
-                url=redact_url(url),
-                cause=error,
-                fatal=fatal,
-                verdict="unknown",
-                uptime=uptime,
-            )
-        )
-        log(
-            "link_closed" if uptime is not None else "connect_failed",
-            logging.WARNING if fatal else logging.INFO,
-            connection_id=self.connection_id,
-            url=redact_url(url),
-            cause=str(error),
-            error_type=type(error).__name__,
-            code=getattr(error, "code", None),
-            status=getattr(error, "status", None),
-            fatal=fatal,
-            verdict="unknown",
-            uptime=uptime,
-        )
 
     def _finish(self, error: ConnectionClosed) -> None:
         self._error = error
@@ -712,44 +474,7 @@ class Connection:
         self._changed.notify()
 
     def _emit(self, event: Event) -> None:
-        self._events.append(event)
-        self._events_seen += 1
-        self._changed.notify()
-
-
-class _EventStream:
-    """One subscriber's cursor into a connection's bounded event history.
-
-    A plain iterator object rather than an async generator: it may be dropped
-    half-way without finalization trouble on trio.
-    """
-
-    __slots__ = ("_connection", "_done", "_index")
-
-    def __init__(self, connection: Connection) -> None:
-        self._connection = connection
-        history = connection._events
-        self._index = connection._events_seen - len(history)
-        self._done = False
-
-    def __aiter__(self) -> _EventStream:
-        return self
-
-    async def __anext__(self) -> Event:
-        connection = self._connection
-        while not self._done:
-            history = connection._events
-            oldest = connection._events_seen - len(history)
-            if self._index < oldest:
-                missed, self._index = oldest - self._index, oldest
-                return EventsMissed(at=anyio.current_time(), count=missed)
-            if self._index < connection._events_seen:
-                event = history[self._index - oldest]
-                self._index += 1
-                self._done = isinstance(event, Closed)
-                return event
-            await connection._changed.wait()
-        raise StopAsyncIteration
+        self._history.append(event)
 
 
 def connect(

@@ -1,0 +1,50 @@
+"""The view of one underlying link that the ``on_connect`` hook gets."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from . import _backend
+from ._backend import RawLink
+from ._outbox import Message
+
+__all__ = ["Link", "OnConnect"]
+
+
+class Link:
+    """One underlying WebSocket link, as seen by the ``on_connect`` hook.
+
+    Use it to authenticate or resubscribe before queued messages flush. Errors are raised
+    as :class:`~resilient_ws.LinkError`.
+
+    Attributes:
+        url: The URL connected to (not redacted: it is yours).
+        number: 1 for the connection's first link, then 2, 3...
+        subprotocol: The negotiated subprotocol, if any.
+    """
+
+    __slots__ = ("_raw", "number", "subprotocol", "url")
+
+    def __init__(self, raw: RawLink, url: str, number: int) -> None:
+        self._raw = raw
+        self.url = url
+        self.number = number
+        self.subprotocol = raw.subprotocol
+
+    async def send(self, message: Message) -> None:
+        """Send one message on this link, ahead of anything queued."""
+        try:
+            await self._raw.send(message)
+        except _backend.ConnectionClosed as exc:
+            raise _backend.translate(exc) from exc
+
+    async def recv(self) -> Message:
+        """Receive one message on this link (a reply to authentication, say)."""
+        try:
+            return await self._raw.recv()
+        except _backend.ConnectionClosed as exc:
+            raise _backend.translate(exc) from exc
+
+
+OnConnect = Callable[[Link], Awaitable[None]]
+"""The ``on_connect`` hook: ``async def on_connect(link: Link) -> None``."""

@@ -1,0 +1,312 @@
+"""The reconnect loop: attempt links, serve each until it ends, decide what comes next.
+
+Part of the client's I/O layer (it sleeps and reads the clock). It owns everything about
+links and attempts: URLs and failover, the failure count, backoff and budget, and the
+link's lifetime. What the application sees (the send queue, received messages, the state
+and the events) belongs to the :class:`Session` it serves, the ``Connection``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import anyio
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
+
+from . import _backend
+from ._backend import RawLink
+from ._backoff import next_delay
+from ._classify import Classifier
+from ._link import Link, OnConnect
+from ._logging import log, redact_url
+from .config import Backoff, Failover
+from .events import Connected, Connecting, Disconnected, Event, Reconnecting
+from .exceptions import (
+    ConnectionClosed,
+    ConnectionClosedOK,
+    ConnectionFailed,
+    LinkClosed,
+    LinkError,
+    OnConnectFailed,
+    RetryBudgetExhausted,
+)
+
+__all__ = ["Session", "Supervisor"]
+
+# Code used when failing back from a backup URL to the primary (RFC 6455: going away).
+_GOING_AWAY = 1001
+
+
+class Session(Protocol):
+    """What the supervisor needs from the connection it serves (private to the package)."""
+
+    connection_id: str
+
+    @property
+    def _closing(self) -> bool:
+        """The application asked to close."""
+
+    async def _flush(self, raw: RawLink) -> int:
+        """Send the queued messages on ``raw``; raise LinkError if it dies."""
+
+    async def _publish(self, raw: RawLink, number: int) -> None:
+        """Make ``raw`` the link that send() and recv() use."""
+
+    def _link_lost(self) -> None:
+        """The published link (if any) is gone."""
+
+    async def _close_link(self, raw: RawLink) -> None:
+        """Flush what is queued, then close ``raw`` with the application's code."""
+
+    def _emit(self, event: Event) -> None:
+        """Record a lifecycle event."""
+
+
+class Supervisor:
+    """Drives links for one :class:`Session` until it is closed or fails for good."""
+
+    def __init__(
+        self,
+        session: Session,
+        urls: Sequence[str],
+        *,
+        backoff: Backoff,
+        failover: Failover,
+        classifier: Classifier,
+        on_connect: OnConnect | None,
+        options: dict[str, Any],
+    ) -> None:
+        self._session = session
+        self._urls = list(urls)
+        self._backoff = backoff
+        self._failover = failover
+        self._classifier = classifier
+        self._on_connect = on_connect
+        self._options = options
+        self._random = random.Random()
+        self._url_index = 0
+        self.url = self._urls[0]
+        """The URL of the current or last attempt."""
+        self.failures = 0
+        """Consecutive failed attempts (or dropped links) since the last stable link."""
+        self._failing_since: float | None = None
+        self.last_error: LinkError | None = None
+        self.attempts = 0
+        self.links = 0
+        self.outcome: ConnectionClosed = ConnectionClosedOK("connection closed by the application")
+        """How the connection ended, once :meth:`run` returned or raised."""
+        # Created in run(): anyio cancel scopes need a running event loop.
+        self._run_scope: anyio.CancelScope | None = None
+        self._link_scope: anyio.CancelScope | None = None
+        self._stopped = False
+
+    def stop(self) -> None:
+        """End :meth:`run`: gracefully (the link is closed) if a link is up, else at once."""
+        if self._link_scope is not None:
+            self._link_scope.cancel()
+        else:
+            self.cancel()
+
+    def cancel(self) -> None:
+        """End :meth:`run` at once."""
+        self._stopped = True
+        if self._run_scope is not None:
+            self._run_scope.cancel()
+
+    async def run(self) -> None:
+        """Attempt links until the session closes or a fatal error; set :attr:`outcome`."""
+        self._run_scope = anyio.CancelScope()
+        if self._stopped:
+            self._run_scope.cancel()
+        try:
+            with self._run_scope:
+                await self._retry_loop()
+        except LinkError as exc:
+            if self._classifier(exc) == "fatal":
+                self.outcome = ConnectionFailed(f"connection failed: {exc}", exc)
+            else:
+                self.outcome = RetryBudgetExhausted(f"gave up reconnecting: {exc}", exc)
+        except Exception as exc:
+            # A bug: end the connection visibly rather than leave send() and recv()
+            # waiting for a supervisor that is gone. The caller's task group re-raises it.
+            self.outcome = ConnectionFailed(f"internal error: {exc!r}", LinkError(repr(exc)))
+            raise
+
+    async def _retry_loop(self) -> None:
+        """tenacity drives the loop: it retries transient LinkErrors, sleeps the delays,
+        and stops when the budget is spent, re-raising the last error.
+        """
+        retrying = AsyncRetrying(
+            sleep=anyio.sleep,
+            retry=retry_if_exception(self._should_retry),
+            wait=self._next_delay,
+            stop=self._budget_spent,
+            before_sleep=self._retry_scheduled,
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                await self._attempt()
+
+    def _should_retry(self, error: BaseException) -> bool:
+        return isinstance(error, LinkError) and self._classifier(error) == "retry"
+
+    def _next_delay(self, retry_state: RetryCallState) -> float:
+        retry_after = getattr(self.last_error, "retry_after", None)
+        return next_delay(self._backoff, self.failures, self._random.random(), retry_after)
+
+    def _budget_spent(self, retry_state: RetryCallState) -> bool:
+        policy = self._backoff
+        if policy.max_attempts is not None and self.failures >= policy.max_attempts:
+            return True
+        if policy.max_elapsed is not None and self._failing_since is not None:
+            return anyio.current_time() - self._failing_since >= policy.max_elapsed
+        return False
+
+    def _retry_scheduled(self, retry_state: RetryCallState) -> None:
+        delay = retry_state.upcoming_sleep
+        url = redact_url(self._urls[self._url_index])
+        attempt = self.failures + 1
+        self._session._emit(
+            Reconnecting(at=anyio.current_time(), attempt=attempt, delay=delay, url=url)
+        )
+        log(
+            "reconnect_scheduled",
+            connection_id=self._session.connection_id,
+            attempt=attempt,
+            delay=delay,
+            url=url,
+        )
+
+    async def _attempt(self) -> None:
+        url = self.url = self._urls[self._url_index]
+        self.attempts += 1
+        attempt = self.failures + 1
+        self._session._emit(
+            Connecting(at=anyio.current_time(), url=redact_url(url), attempt=attempt)
+        )
+        log(
+            "connect_started",
+            connection_id=self._session.connection_id,
+            url=redact_url(url),
+            attempt=attempt,
+        )
+        opened_at: float | None = None
+        try:
+            async with _backend.open_link(url, self._options) as raw:
+                opened_at = anyio.current_time()
+                await self._serve_link(raw, url)
+        except LinkError as error:
+            uptime = None if opened_at is None else anyio.current_time() - opened_at
+            self._link_failed(error, url, uptime)
+            raise
+
+    async def _serve_link(self, raw: RawLink, url: str) -> None:
+        """Run ``on_connect``, flush the queue, publish the link, and wait for its end.
+
+        Returns when the application closed the connection; raises LinkError otherwise.
+        """
+        self.links += 1
+        number = self.links
+        if self._on_connect is not None:
+            try:
+                await self._on_connect(Link(raw, url, number))
+            except LinkError:
+                raise
+            except Exception as exc:
+                raise OnConnectFailed(f"on_connect raised {exc!r}") from exc
+        flushed = await self._session._flush(raw)
+        self._failing_since = None
+        self._session._emit(
+            Connected(
+                at=anyio.current_time(),
+                url=redact_url(url),
+                link=number,
+                subprotocol=raw.subprotocol,
+                flushed=flushed,
+            )
+        )
+        log(
+            "link_opened",
+            connection_id=self._session.connection_id,
+            url=redact_url(url),
+            link=number,
+            subprotocol=raw.subprotocol,
+            flushed=flushed,
+        )
+        await self._session._publish(raw, number)
+        await self._wait_link_end(raw)
+
+    async def _wait_link_end(self, raw: RawLink) -> None:
+        """Wait until the link dies (raise), the application closes (return) or failback."""
+        while True:
+            failback = self._failover.failback_after if self._url_index != 0 else None
+            scope = anyio.CancelScope(
+                deadline=math.inf if failback is None else anyio.current_time() + failback
+            )
+            self._link_scope = scope
+            try:
+                with scope:
+                    await _backend.wait_link_closed(raw)
+            finally:
+                self._link_scope = None
+            if self._session._closing:
+                await self._session._close_link(raw)
+                return
+            if not scope.cancelled_caught:
+                self._session._link_lost()
+                raise _backend.link_closed_error(raw)
+            # On a backup for failback_after seconds: move back if the primary answers.
+            if await self._primary_answers():
+                self._session._link_lost()
+                reason = "failing back to the primary URL"
+                await _backend.close_link(raw, _GOING_AWAY, reason)
+                raise LinkClosed(_GOING_AWAY, reason)
+
+    async def _primary_answers(self) -> bool:
+        try:
+            async with _backend.open_link(self._urls[0], self._options):
+                return True
+        except LinkError:
+            return False
+
+    def _link_failed(self, error: LinkError, url: str, uptime: float | None) -> None:
+        fatal = self._classifier(error) == "fatal"
+        stable = uptime is not None and uptime >= self._backoff.stable_after
+        self.last_error = error
+        if stable:
+            self.failures = 0
+        self.failures += 1
+        if self._failing_since is None:
+            self._failing_since = anyio.current_time()
+        # A stable link that dropped starts again from the primary; a failed attempt
+        # (or a link that did not stay up) moves on to the next URL.
+        self._url_index = 0 if stable else (self._url_index + 1) % len(self._urls)
+        self._session._link_lost()
+        self._session._emit(
+            Disconnected(
+                at=anyio.current_time(),
+                url=redact_url(url),
+                cause=error,
+                fatal=fatal,
+                verdict="unknown",
+                uptime=uptime,
+            )
+        )
+        log(
+            "link_closed" if uptime is not None else "connect_failed",
+            logging.WARNING if fatal else logging.INFO,
+            connection_id=self._session.connection_id,
+            url=redact_url(url),
+            cause=str(error),
+            error_type=type(error).__name__,
+            code=getattr(error, "code", None),
+            status=getattr(error, "status", None),
+            fatal=fatal,
+            verdict="unknown",
+            uptime=uptime,
+        )
