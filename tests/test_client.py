@@ -556,3 +556,25 @@ async def test_cancelling_the_owner_closes_promptly() -> None:
                     scope.cancel()
                     await anyio.sleep_forever()
         assert ws.state is State.CLOSED
+
+
+@pytest.mark.parametrize("stable_after", [0.2, 60.0])
+async def test_backoff_resets_only_after_a_stable_link(stable_after: float) -> None:
+    backoff = Backoff(first_delay=0.01, base=0.02, max_delay=0.05, stable_after=stable_after)
+    with ProcessServer() as server:
+        async with resilient_ws.connect(server.url, backoff=backoff) as ws:
+            events = ws.events()
+            server.kill()
+            await next_event(events, Reconnecting)
+            # Let a few attempts fail, then bring the server back.
+            failed = [await next_event(events, Reconnecting) for _ in range(2)]
+            assert failed[-1].attempt >= 3
+            server.start()
+            await next_event(events, Connected)
+            await anyio.sleep(0.4)  # the new link lives past 0.2 s, not past 60 s
+            server.kill()
+            after = await next_event(events, Reconnecting)
+    if stable_after < 0.4:
+        assert after.attempt == 2  # a fresh streak: the dropped link was failure 1
+    else:
+        assert after.attempt > failed[-1].attempt  # the streak goes on
