@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["Backoff", "Failover", "SendQueue", "WhenFull"]
+__all__ = ["Backoff", "Failover", "Keepalive", "SendQueue", "WhenFull"]
 
 WhenFull = Literal["wait", "raise", "drop_oldest"]
 """What ``send()`` does when the send queue is full (see :class:`SendQueue`)."""
@@ -111,3 +111,42 @@ class Failover:
         _require(
             self.failback_after is None or self.failback_after > 0, "failback_after must be > 0"
         )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Keepalive:
+    """When to probe an idle link, how long to wait for the answer, and what to forgive.
+
+    Any inbound frame is proof of life: a probe (a ping) goes out only after ``idle``
+    seconds without one, so a busy link carries no probes. The wait for the pong adapts to
+    the measured round-trip time (RFC 6298: ``SRTT + 4 * RTTVAR``), clamped to
+    ``[min_timeout, max_timeout]``, and stretches while the client's own event loop lags.
+    An overdue pong is diagnosed before anything is closed (see ``docs/liveness.md``).
+
+    Attributes:
+        idle: Seconds without an inbound frame before a probe is sent.
+        min_timeout: Floor of the wait for a pong, in seconds.
+        max_timeout: Ceiling of the wait for a pong, in seconds.
+        max_server_stall: How long a server judged stalled (alive but not answering) may
+            stay silent before the link is abandoned anyway, in seconds.
+        unknown_timeout: Without TCP evidence (no ``TCP_INFO`` on this platform, or behind a
+            proxy that answers for the server), how long an overdue pong is waited for
+            before the link is abandoned, in seconds.
+        client_lag: Lag of the client's own event loop, in seconds, above which an overdue
+            pong is blamed on the client, not the peer.
+    """
+
+    idle: float = 1.0
+    min_timeout: float = 0.3
+    max_timeout: float = 10.0
+    max_server_stall: float = 120.0
+    unknown_timeout: float = 20.0
+    client_lag: float = 0.2
+
+    def __post_init__(self) -> None:
+        _require(self.idle > 0, "idle must be > 0")
+        _require(self.min_timeout > 0, "min_timeout must be > 0")
+        _require(self.max_timeout >= self.min_timeout, "max_timeout must be >= min_timeout")
+        _require(self.max_server_stall >= 0, "max_server_stall must be >= 0")
+        _require(self.unknown_timeout >= self.min_timeout, "unknown_timeout must be >= min_timeout")
+        _require(self.client_lag > 0, "client_lag must be > 0")
