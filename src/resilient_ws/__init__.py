@@ -4,7 +4,7 @@ from ._classify import Classifier, Decision, default_classifier
 from ._logging import configure_json_logging, redact_url
 from ._state import State
 from .client import Connection, ConnectionStats, Link, OnConnect, connect
-from .config import Backoff, Failover, SendQueue, WhenFull
+from .config import Backoff, Failover, Keepalive, SendQueue, WhenFull
 from .events import (
     Closed,
     Connected,
@@ -14,6 +14,8 @@ from .events import (
     EventsMissed,
     InboundDropped,
     MessagesDropped,
+    PeerRecovered,
+    PeerStalled,
     Reconnecting,
 )
 from .exceptions import (
@@ -55,6 +57,7 @@ __all__ = [
     "HandshakeRejected",
     "InboundDropped",
     "InvalidURL",
+    "Keepalive",
     "Link",
     "LinkClosed",
     "LinkError",
@@ -62,6 +65,8 @@ __all__ = [
     "MessagesDropped",
     "OnConnect",
     "OnConnectFailed",
+    "PeerRecovered",
+    "PeerStalled",
     "QueueFull",
     "Reconnecting",
     "ResilientWSError",

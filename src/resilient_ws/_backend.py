@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import email.utils
+import functools
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
@@ -38,11 +39,13 @@ from .exceptions import (
 __all__ = [
     "ConnectionClosed",
     "RawLink",
+    "abort_link",
     "check_url",
     "close_link",
     "link_closed_error",
     "open_link",
     "parse_retry_after",
+    "ping",
     "translate",
     "wait_link_closed",
 ]
@@ -65,6 +68,9 @@ class RawLink(Protocol):
     async def recv(self) -> str | bytes: ...
     async def send(self, message: str | bytes) -> None: ...
     async def wait_closed(self) -> None: ...
+    @property
+    def last_inbound(self) -> float:
+        """Event-loop time of the last frame received (set by our connection subclasses)."""
 
 
 def check_url(url: str) -> str:
@@ -86,9 +92,46 @@ def _is_trio() -> bool:
     return sniffio.current_async_library() == "trio"
 
 
+@functools.cache
+def _asyncio_connection() -> type[Any]:
+    from websockets.asyncio.client import ClientConnection
+
+    class AsyncioLink(ClientConnection):
+        """Notes when each frame arrives: any inbound frame is proof of life."""
+
+        last_inbound = 0.0
+
+        def process_event(self, event: Any) -> None:
+            # A protocol callback: no task is current, so read the loop's clock directly
+            # (it is anyio.current_time() on asyncio).
+            self.last_inbound = self.loop.time()
+            super().process_event(event)
+
+    return AsyncioLink
+
+
+@functools.cache
+def _trio_connection() -> type[Any]:
+    import trio
+    from websockets.trio.client import ClientConnection
+
+    class TrioLink(ClientConnection):
+        """Notes when each frame arrives: any inbound frame is proof of life."""
+
+        last_inbound = 0.0
+
+        def process_event(self, event: Any) -> None:
+            self.last_inbound = trio.current_time()
+            super().process_event(event)
+
+    return TrioLink
+
+
 @asynccontextmanager
 async def open_link(url: str, options: dict[str, Any]) -> AsyncIterator[RawLink]:
     """Open a websockets client connection with the running event loop's implementation.
+
+    The connection records the arrival time of every frame in ``last_inbound``.
 
     Raises:
         LinkError: The attempt failed; ``__cause__`` is the original exception.
@@ -96,8 +139,12 @@ async def open_link(url: str, options: dict[str, Any]) -> AsyncIterator[RawLink]
     connect: Callable[..., AbstractAsyncContextManager[Any]]
     if _is_trio():
         from websockets.trio.client import connect
+
+        options = {**options, "create_connection": _trio_connection()}
     else:
         from websockets.asyncio.client import connect
+
+        options = {**options, "create_connection": _asyncio_connection()}
     manager = connect(url, **options)
     try:
         raw = await manager.__aenter__()
@@ -123,6 +170,35 @@ async def close_link(raw: RawLink, code: int, reason: str) -> None:
     closer: Callable[[int, str], Awaitable[None]] = getattr(raw, name)
     with suppress(OSError, ConnectionClosed):
         await closer(code, reason)
+
+
+async def ping(raw: RawLink) -> Callable[[], Awaitable[object]]:
+    """Send a ping; return a function that waits for its pong.
+
+    Raises:
+        ConnectionClosed: The link is closed.
+    """
+    waiter: Any = await getattr(raw, "ping")()  # noqa: B009 - not part of RawLink's protocol
+    # trio answers with an Event, asyncio with a Future.
+    wait: Callable[[], Awaitable[object]] = getattr(waiter, "wait", None) or (lambda: waiter)
+    return wait
+
+
+def abort_link(raw: RawLink) -> None:
+    """Drop the TCP connection at once, without a closing handshake.
+
+    For a dead network: a closing handshake would wait for a peer that cannot answer.
+    """
+    transport = getattr(raw, "transport", None)
+    if transport is not None:  # asyncio
+        transport.abort()
+        return
+    stream = getattr(raw, "stream", None)  # trio: the socket stream, maybe under TLS
+    stream = getattr(stream, "transport_stream", stream)
+    sock = getattr(stream, "socket", None)
+    if sock is not None:
+        # trio's socket close wakes the tasks blocked on it (notify_closing).
+        sock.close()
 
 
 async def wait_link_closed(raw: RawLink) -> None:

@@ -208,6 +208,11 @@ class Liveness:
         return base * (1 + self.health_score)
 
     @property
+    def probing(self) -> bool:
+        """A probe is outstanding."""
+        return self._probe_sent_at is not None
+
+    @property
     def stalled_since(self) -> float | None:
         """When the peer was first judged stalled, while it still is."""
         return self._stalled_since

@@ -21,9 +21,11 @@ from . import _backend
 from ._backend import RawLink
 from ._backoff import next_delay
 from ._classify import Classifier
+from ._keepalive import LinkKeepalive
 from ._link import Link, OnConnect
+from ._liveness import Diagnosis
 from ._logging import log, redact_url
-from .config import Backoff, Failover
+from .config import Backoff, Failover, Keepalive
 from .events import Connected, Connecting, Disconnected, Event, Reconnecting
 from .exceptions import (
     ConnectionClosed,
@@ -78,9 +80,15 @@ class Supervisor:
         failover: Failover,
         classifier: Classifier,
         on_connect: OnConnect | None,
+        keepalive: Keepalive | None,
         options: dict[str, Any],
     ) -> None:
         self._session = session
+        self._keepalive = keepalive
+        self.keepalive: LinkKeepalive | None = None
+        """The keepalive of the current or last link."""
+        # The keepalive's diagnosis when it gave up on the current link.
+        self._abandoned: Diagnosis | None = None
         self._urls = list(urls)
         self._backoff = backoff
         self._failover = failover
@@ -185,6 +193,7 @@ class Supervisor:
     async def _attempt(self) -> None:
         url = self.url = self._urls[self._url_index]
         self.attempts += 1
+        self._abandoned = None
         attempt = self.failures + 1
         self._session._emit(
             Connecting(at=anyio.current_time(), url=redact_url(url), attempt=attempt)
@@ -251,7 +260,7 @@ class Supervisor:
             self._link_scope = scope
             try:
                 with scope:
-                    await _backend.wait_link_closed(raw)
+                    await self._watch(raw)
             finally:
                 self._link_scope = None
             if self._session._closing:
@@ -267,6 +276,27 @@ class Supervisor:
                 await _backend.close_link(raw, _GOING_AWAY, reason)
                 raise LinkClosed(_GOING_AWAY, reason)
 
+    async def _watch(self, raw: RawLink) -> None:
+        """Return when the link is closed; the keepalive may abort it first."""
+        if self._keepalive is None:
+            await _backend.wait_link_closed(raw)
+            return
+        keepalive = self.keepalive = LinkKeepalive(
+            raw,
+            self._keepalive,
+            url=redact_url(self.url),
+            connection_id=self._session.connection_id,
+            emit=self._session._emit,
+        )
+
+        async def watch() -> None:
+            self._abandoned = await keepalive.run()
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(watch)
+            await _backend.wait_link_closed(raw)
+            tasks.cancel_scope.cancel()
+
     async def _primary_answers(self) -> bool:
         try:
             async with _backend.open_link(self._urls[0], self._options):
@@ -274,8 +304,18 @@ class Supervisor:
         except LinkError:
             return False
 
+    def _verdict(self, error: LinkError, opened: bool) -> str:
+        if self._abandoned is not None:
+            return self._abandoned.verdict.value
+        if not opened:
+            return "unreachable"
+        if isinstance(error, LinkClosed) and error.code != _backend.ABNORMAL_CLOSURE:
+            return "peer_closed"
+        return "connection_lost"
+
     def _link_failed(self, error: LinkError, url: str, uptime: float | None) -> None:
         fatal = self._classifier(error) == "fatal"
+        verdict = self._verdict(error, uptime is not None)
         stable = uptime is not None and uptime >= self._backoff.stable_after
         self.last_error = error
         if stable:
@@ -293,7 +333,7 @@ class Supervisor:
                 url=redact_url(url),
                 cause=error,
                 fatal=fatal,
-                verdict="unknown",
+                verdict=verdict,
                 uptime=uptime,
             )
         )
@@ -307,6 +347,6 @@ class Supervisor:
             code=getattr(error, "code", None),
             status=getattr(error, "status", None),
             fatal=fatal,
-            verdict="unknown",
+            verdict=verdict,
             uptime=uptime,
         )

@@ -29,7 +29,7 @@ from ._outbox import Message, Outbox, payload_size
 from ._state import Input, State, StateMachine
 from ._supervisor import Supervisor
 from ._sync import Signal
-from .config import Backoff, Failover, SendQueue
+from .config import Backoff, Failover, Keepalive, SendQueue
 from .events import Closed, Event, InboundDropped, MessagesDropped
 from .exceptions import (
     ConcurrencyError,
@@ -44,6 +44,8 @@ __all__ = ["Connection", "ConnectionStats", "Link", "OnConnect", "connect"]
 
 # Options that resilient_ws owns; passing them through would break its guarantees.
 _RESERVED_OPTIONS = frozenset({"create_connection", "process_exception", "reconnect_delays"})
+# websockets' fixed keepalive, replaced by Keepalive unless keepalive=None.
+_WEBSOCKETS_KEEPALIVE = frozenset({"ping_interval", "ping_timeout"})
 # Events kept for subscribers that start iterating late or fall behind.
 _EVENT_HISTORY = 256
 # Longest a close (flush, closing handshake) may take when leaving ``async with``.
@@ -69,6 +71,15 @@ class ConnectionStats:
         queued_bytes: Their payload bytes.
         dropped: Messages dropped from the queue (``when_full="drop_oldest"``).
         last_error: Description of the last link error, if any.
+        srtt: Smoothed pong round-trip time of the current link, seconds (RFC 6298), or
+            ``None`` before the first pong or without ``keepalive``.
+        rttvar: Its variation, seconds.
+        timeout: The current wait for a pong, seconds, or ``None`` without ``keepalive``.
+        verdict: The keepalive's current diagnosis of the link: ``"healthy"``,
+            ``"client_stalled"``, ``"server_stalled"``, ``"pending"``, ``"network_dead"``
+            or ``"unknown"``.
+        stalled_for: Seconds the server has been judged stalled, or ``None``.
+        peer_lag: Event-loop lag the server last reported, seconds, or ``None``.
     """
 
     state: str
@@ -83,6 +94,12 @@ class ConnectionStats:
     queued_bytes: int
     dropped: int
     last_error: str | None
+    srtt: float | None
+    rttvar: float | None
+    timeout: float | None
+    verdict: str
+    stalled_for: float | None
+    peer_lag: float | None
 
 
 class Connection:
@@ -108,6 +125,7 @@ class Connection:
         send_queue: SendQueue,
         on_connect: OnConnect | None,
         classifier: Classifier,
+        keepalive: Keepalive | None,
         options: dict[str, Any],
     ) -> None:
         checked = [_backend.check_url(url) for url in urls]
@@ -120,6 +138,7 @@ class Connection:
             failover=failover,
             classifier=classifier,
             on_connect=on_connect,
+            keepalive=keepalive,
             options=options,
         )
         self._outbox = Outbox(send_queue)
@@ -175,6 +194,25 @@ class Connection:
             queued_bytes=self._outbox.size,
             dropped=self._dropped,
             last_error=None if supervisor.last_error is None else str(supervisor.last_error),
+            **self._liveness_stats(),
+        )
+
+    def _liveness_stats(self) -> dict[str, Any]:
+        keepalive = self._supervisor.keepalive
+        if keepalive is None:
+            return dict(
+                srtt=None, rttvar=None, timeout=None, verdict="unknown", stalled_for=None,
+                peer_lag=None,
+            )  # fmt: skip
+        liveness = keepalive.liveness
+        stalled_since = liveness.stalled_since
+        return dict(
+            srtt=liveness.rtt.srtt,
+            rttvar=liveness.rtt.rttvar,
+            timeout=liveness.timeout,
+            verdict=liveness.diagnosis.verdict.value,
+            stalled_for=None if stalled_since is None else anyio.current_time() - stalled_since,
+            peer_lag=keepalive.peer_lag,
         )
 
     async def send(self, message: Message) -> None:
@@ -484,6 +522,7 @@ def connect(
     backoff: Backoff = Backoff(),
     failover: Failover = Failover(),
     send_queue: SendQueue = SendQueue(),
+    keepalive: Keepalive | None = Keepalive(),
     on_connect: OnConnect | None = None,
     classifier: Classifier = default_classifier,
     compression: str | None = None,
@@ -500,6 +539,9 @@ def connect(
         backoff: Delays between attempts and the retry budget.
         failover: How to return to the primary URL.
         send_queue: Bounds and overflow policy of the queue used while the link is down.
+        keepalive: Adaptive probing and the stall/dead-network verdict; it replaces
+            websockets' fixed ping interval and timeout. ``None`` leaves websockets' own
+            keepalive (``ping_interval``, ``ping_timeout``) in charge.
         on_connect: Async hook run after every (re)connect, before queued messages flush.
         classifier: Decides whether a :class:`~resilient_ws.LinkError` is fatal.
         compression: ``None`` (default) or ``"deflate"``. Off by default: permessage-deflate
@@ -517,6 +559,11 @@ def connect(
     reserved = _RESERVED_OPTIONS & websockets_options.keys()
     if reserved:
         raise TypeError(f"resilient_ws manages these options itself: {sorted(reserved)}")
+    if keepalive is not None:
+        pings = _WEBSOCKETS_KEEPALIVE & websockets_options.keys()
+        if pings:
+            raise TypeError(f"{sorted(pings)} conflict with keepalive=; pass keepalive=None")
+        websockets_options.update(ping_interval=None, ping_timeout=None)
     return Connection(
         [url] if url is not None else list(urls or ()),
         backoff=backoff,
@@ -524,5 +571,6 @@ def connect(
         send_queue=send_queue,
         on_connect=on_connect,
         classifier=classifier,
+        keepalive=keepalive,
         options={"compression": compression, **websockets_options},
     )

@@ -25,6 +25,8 @@ __all__ = [
     "EventsMissed",
     "InboundDropped",
     "MessagesDropped",
+    "PeerRecovered",
+    "PeerStalled",
     "Reconnecting",
 ]
 
@@ -80,7 +82,11 @@ class Disconnected(Event):
         url: The URL of the link, secrets redacted.
         cause: Why, as a :class:`~resilient_ws.LinkError`.
         fatal: Whether the classifier judged it fatal (no reconnect follows).
-        verdict: Diagnosis of who failed; ``"unknown"`` until liveness diagnosis applies.
+        verdict: Who failed. From the keepalive when it gave up on the link:
+            ``"network_dead"``, ``"server_stalled"`` (past ``max_server_stall``) or
+            ``"unknown"`` (no TCP evidence, past ``unknown_timeout``). Otherwise
+            ``"peer_closed"`` (a close frame came), ``"connection_lost"`` (the TCP
+            connection ended without one) or ``"unreachable"`` (the attempt never opened).
         uptime: Seconds the link had been open, ``None`` if it never opened.
     """
 
@@ -104,6 +110,35 @@ class Reconnecting(Event):
     attempt: int
     delay: float
     url: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PeerStalled(Event):
+    """A pong is overdue and the evidence says the server is alive but not answering.
+
+    The link is kept for up to ``Keepalive.max_server_stall`` seconds.
+
+    Attributes:
+        url: The URL of the link, secrets redacted.
+        evidence: What the verdict rests on: ``"tcp_acked"`` (the server's kernel ACKed our
+            probe), ``"zero_window"`` or ``"peer_lag"`` (the server reported loop lag).
+    """
+
+    url: str
+    evidence: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PeerRecovered(Event):
+    """A server judged stalled answered again.
+
+    Attributes:
+        url: The URL of the link, secrets redacted.
+        stalled_for: Seconds from the stall verdict to the first frame after it.
+    """
+
+    url: str
+    stalled_for: float
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

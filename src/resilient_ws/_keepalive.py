@@ -1,0 +1,174 @@
+"""The keepalive task of one link: probes, pong timing and the evidence for a verdict.
+
+Part of the client's I/O layer: it sleeps, reads the clock and the socket's TCP state, and
+sends pings. Every decision comes from the pure :class:`~resilient_ws._liveness.Liveness`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from contextlib import suppress
+from dataclasses import dataclass
+
+import anyio
+
+from . import _backend, _tcpinfo
+from ._backend import RawLink
+from ._liveness import Abort, Diagnosis, Evidence, Liveness, Probe, Verdict
+from ._logging import log
+from .config import Keepalive
+from .events import Event, PeerRecovered, PeerStalled
+
+__all__ = ["LinkKeepalive"]
+
+
+@dataclass(frozen=True, slots=True)
+class _TcpView:
+    """TCP evidence relative to the outstanding probe."""
+
+    unacked: int
+    retransmits: int
+    backoff: int
+    last_ack_recv: float
+    zero_window: bool
+
+    @classmethod
+    def of(cls, info: _tcpinfo.TcpInfo, retrans_at_probe: int) -> _TcpView:
+        # The first resend of a lost segment is often a tail-loss probe, which raises
+        # total_retrans ~0.2 s before tcpi_retransmits moves: count both.
+        retransmits = max(info.retransmits, info.total_retrans - retrans_at_probe)
+        # macOS gives no last_ack_recv: with nothing unacked, our probe was ACKed.
+        last_ack = info.last_ack_recv
+        if last_ack is None:
+            last_ack = 0.0 if info.unacked == 0 else float("inf")
+        return cls(info.unacked, retransmits, info.backoff or 0, last_ack, info.zero_window)
+
+
+class LinkKeepalive:
+    """Keeps one link under watch until it aborts it or is cancelled."""
+
+    def __init__(
+        self,
+        raw: RawLink,
+        policy: Keepalive,
+        *,
+        url: str,
+        connection_id: str,
+        emit: Callable[[Event], None],
+    ) -> None:
+        self._raw = raw
+        self._policy = policy
+        self._url = url
+        self._connection_id = connection_id
+        self._emit = emit
+        self._socket = _tcpinfo.raw_socket(raw)
+        self.liveness = Liveness(policy, anyio.current_time())
+        self._retrans_at_probe = 0
+        self._announced_stall = False
+        self.peer_lag: float | None = None
+        """The loop lag the server last reported, seconds (beacons; None without them)."""
+
+    async def run(self) -> Diagnosis:
+        """Watch the link; abort it and return the diagnosis when liveness gives up."""
+        async with anyio.create_task_group() as pongs:
+            diagnosis = await self._watch(pongs)
+            pongs.cancel_scope.cancel()
+        self._gave_up(diagnosis)
+        _backend.abort_link(self._raw)
+        return diagnosis
+
+    async def _watch(self, pongs: anyio.abc.TaskGroup) -> Diagnosis:
+        liveness = self.liveness
+        seen = self._raw.last_inbound
+        own_lag = 0.0
+        while True:
+            if self._raw.last_inbound > seen:
+                seen = self._raw.last_inbound
+                self._proof_of_life(liveness.inbound(seen))
+            now = anyio.current_time()
+            decision = liveness.poll(now, self._evidence(own_lag))
+            if isinstance(decision, Abort):
+                return decision.diagnosis
+            if isinstance(decision, Probe):
+                await self._probe(now, pongs)
+                own_lag = 0.0
+                continue
+            self._maybe_announce_stall(decision.diagnosis)
+            await anyio.sleep_until(decision.until)
+            # Waking late means our own loop was blocked: evidence against ourselves.
+            own_lag = max(own_lag, anyio.current_time() - decision.until)
+
+    async def _probe(self, now: float, pongs: anyio.abc.TaskGroup) -> None:
+        info = self._tcp_info()
+        self._retrans_at_probe = info.total_retrans if info is not None else 0
+        self.liveness.probe_sent(now)
+        try:
+            wait_pong = await _backend.ping(self._raw)
+        except _backend.ConnectionClosed:
+            return  # the supervisor sees the link end
+
+        async def pong() -> None:
+            with suppress(_backend.ConnectionClosed):
+                await wait_pong()
+                answered = anyio.current_time()
+                rtt = answered - now
+                # A pong after its deadline measured a stall, not the path (as Karn's
+                # algorithm ignores ambiguous samples): keep it out of SRTT.
+                if rtt <= self.liveness.timeout:
+                    self._proof_of_life(self.liveness.pong(answered, now))
+                else:
+                    self._proof_of_life(self.liveness.inbound(answered))
+
+        pongs.start_soon(pong)
+
+    def _tcp_info(self) -> _tcpinfo.TcpInfo | None:
+        return None if self._socket is None else _tcpinfo.read(self._socket)
+
+    def _evidence(self, own_lag: float) -> Evidence:
+        tcp = None
+        if self.liveness.probing:
+            info = self._tcp_info()
+            if info is not None:
+                tcp = _TcpView.of(info, self._retrans_at_probe)
+        return Evidence(own_lag=own_lag, tcp=tcp, peer_lag=self.peer_lag)
+
+    def _maybe_announce_stall(self, diagnosis: Diagnosis) -> None:
+        if diagnosis.verdict is not Verdict.SERVER_STALLED or self._announced_stall:
+            return
+        self._announced_stall = True
+        self._emit(
+            PeerStalled(at=anyio.current_time(), url=self._url, evidence=diagnosis.evidence)
+        )
+        log(
+            "peer_stalled",
+            logging.WARNING,
+            connection_id=self._connection_id,
+            url=self._url,
+            evidence=diagnosis.evidence,
+            timeout=self.liveness.timeout,
+        )
+
+    def _proof_of_life(self, stalled_for: float | None) -> None:
+        if stalled_for is None or not self._announced_stall:
+            return
+        self._announced_stall = False
+        self._emit(PeerRecovered(at=anyio.current_time(), url=self._url, stalled_for=stalled_for))
+        log(
+            "peer_recovered",
+            connection_id=self._connection_id,
+            url=self._url,
+            stalled_for=stalled_for,
+        )
+
+    def _gave_up(self, diagnosis: Diagnosis) -> None:
+        log(
+            "link_abandoned",
+            logging.WARNING,
+            connection_id=self._connection_id,
+            url=self._url,
+            verdict=diagnosis.verdict.value,
+            evidence=diagnosis.evidence,
+            timeout=self.liveness.timeout,
+            srtt=self.liveness.rtt.srtt,
+        )
