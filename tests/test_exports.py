@@ -30,6 +30,7 @@ EXPECTED = [
     "InvalidURL",
     "Keepalive",
     "Link",
+    "LoopLagMonitor",
     "LinkClosed",
     "LinkError",
     "LinkUnreachable",
@@ -43,6 +44,9 @@ EXPECTED = [
     "ResilientWSError",
     "RetryBudgetExhausted",
     "SendQueue",
+    "Server",
+    "Stall",
+    "StallWatchdog",
     "State",
     "TLSVerificationFailed",
     "WhenFull",
@@ -50,9 +54,10 @@ EXPECTED = [
     "connect",
     "default_classifier",
     "redact_url",
+    "serve",
 ]
 
-PUBLIC_MODULES = ["config", "events", "exceptions", "client"]
+PUBLIC_MODULES = ["config", "events", "exceptions", "client", "server"]
 
 
 def test_all_is_exactly_the_expected_list() -> None:

@@ -1,6 +1,7 @@
 """resilient_ws: WebSocket clients that stay connected and keep their messages intact."""
 
 from ._classify import Classifier, Decision, default_classifier
+from ._lag import LoopLagMonitor, Stall, StallWatchdog
 from ._logging import configure_json_logging, redact_url
 from ._state import State
 from .client import Connection, ConnectionStats, Link, OnConnect, connect
@@ -35,6 +36,7 @@ from .exceptions import (
     RetryBudgetExhausted,
     TLSVerificationFailed,
 )
+from .server import Server, serve
 
 __all__ = [
     "Backoff",
@@ -59,6 +61,7 @@ __all__ = [
     "InvalidURL",
     "Keepalive",
     "Link",
+    "LoopLagMonitor",
     "LinkClosed",
     "LinkError",
     "LinkUnreachable",
@@ -72,6 +75,9 @@ __all__ = [
     "ResilientWSError",
     "RetryBudgetExhausted",
     "SendQueue",
+    "Server",
+    "Stall",
+    "StallWatchdog",
     "State",
     "TLSVerificationFailed",
     "WhenFull",
@@ -79,4 +85,5 @@ __all__ = [
     "connect",
     "default_classifier",
     "redact_url",
+    "serve",
 ]

@@ -13,7 +13,7 @@ import functools
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import anyio
 import sniffio
@@ -24,8 +24,10 @@ from websockets.exceptions import (
     InvalidStatus,
     InvalidURI,
 )
+from websockets.frames import Opcode
 from websockets.uri import parse_uri
 
+from ._protocol import Beacon, decode_beacon
 from .exceptions import (
     HandshakeFailed,
     HandshakeRejected,
@@ -42,6 +44,8 @@ __all__ = [
     "abort_link",
     "check_url",
     "close_link",
+    "connection_class",
+    "is_trio",
     "link_closed_error",
     "open_link",
     "parse_retry_after",
@@ -71,6 +75,9 @@ class RawLink(Protocol):
     @property
     def last_inbound(self) -> float:
         """Event-loop time of the last frame received (set by our connection subclasses)."""
+    @property
+    def last_beacon(self) -> Beacon | None:
+        """The peer's last lag beacon, if it sends them."""
 
 
 def check_url(url: str) -> str:
@@ -88,43 +95,59 @@ def check_url(url: str) -> str:
     return url
 
 
-def _is_trio() -> bool:
-    return sniffio.current_async_library() == "trio"
+class _Recording:
+    """Mixed into websockets' connection classes: notes when each frame arrives (any
+    inbound frame is proof of life) and keeps the last lag beacon from the peer."""
+
+    last_inbound = 0.0
+    last_beacon: Beacon | None = None
+
+    def _now(self) -> float:
+        raise NotImplementedError
+
+    def process_event(self, event: Any) -> None:
+        self.last_inbound = self._now()
+        if getattr(event, "opcode", None) is Opcode.PONG:
+            beacon = decode_beacon(event.data)
+            if beacon is not None:
+                self.last_beacon = beacon
+        super().process_event(event)  # type: ignore[misc]
 
 
-@functools.cache
-def _asyncio_connection() -> type[Any]:
-    from websockets.asyncio.client import ClientConnection
-
-    class AsyncioLink(ClientConnection):
-        """Notes when each frame arrives: any inbound frame is proof of life."""
-
-        last_inbound = 0.0
-
-        def process_event(self, event: Any) -> None:
-            # A protocol callback: no task is current, so read the loop's clock directly
-            # (it is anyio.current_time() on asyncio).
-            self.last_inbound = self.loop.time()
-            super().process_event(event)
-
-    return AsyncioLink
+def _asyncio_now(self: Any) -> float:
+    # A protocol callback: no task is current, so read the loop's clock directly
+    # (it is anyio.current_time() on asyncio).
+    return float(self.loop.time())
 
 
-@functools.cache
-def _trio_connection() -> type[Any]:
+def _trio_now(self: Any) -> float:
     import trio
-    from websockets.trio.client import ClientConnection
 
-    class TrioLink(ClientConnection):
-        """Notes when each frame arrives: any inbound frame is proof of life."""
+    return trio.current_time()
 
-        last_inbound = 0.0
 
-        def process_event(self, event: Any) -> None:
-            self.last_inbound = trio.current_time()
-            super().process_event(event)
+@functools.cache
+def connection_class(side: Literal["client", "server"], trio: bool) -> type[Any]:
+    """websockets' connection class for ``side`` and the event loop, with :class:`_Recording`."""
+    if trio:
+        import websockets.trio.client
+        import websockets.trio.server
 
-    return TrioLink
+        module: Any = websockets.trio
+        now = _trio_now
+    else:
+        import websockets.asyncio.client
+        import websockets.asyncio.server
+
+        module = websockets.asyncio
+        now = _asyncio_now
+    base = module.client.ClientConnection if side == "client" else module.server.ServerConnection
+    return type(f"Recording{base.__name__}", (_Recording, base), {"_now": now})
+
+
+def is_trio() -> bool:
+    """Whether the running event loop is trio's."""
+    return sniffio.current_async_library() == "trio"
 
 
 @asynccontextmanager
@@ -137,14 +160,12 @@ async def open_link(url: str, options: dict[str, Any]) -> AsyncIterator[RawLink]
         LinkError: The attempt failed; ``__cause__`` is the original exception.
     """
     connect: Callable[..., AbstractAsyncContextManager[Any]]
-    if _is_trio():
+    trio = is_trio()
+    if trio:
         from websockets.trio.client import connect
-
-        options = {**options, "create_connection": _trio_connection()}
     else:
         from websockets.asyncio.client import connect
-
-        options = {**options, "create_connection": _asyncio_connection()}
+    options = {**options, "create_connection": connection_class("client", trio)}
     manager = connect(url, **options)
     try:
         raw = await manager.__aenter__()

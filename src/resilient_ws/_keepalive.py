@@ -66,8 +66,6 @@ class LinkKeepalive:
         self.liveness = Liveness(policy, anyio.current_time())
         self._retrans_at_probe = 0
         self._announced_stall = False
-        self.peer_lag: float | None = None
-        """The loop lag the server last reported, seconds (beacons; None without them)."""
 
     async def run(self) -> Diagnosis:
         """Watch the link; abort it and return the diagnosis when liveness gives up."""
@@ -132,6 +130,12 @@ class LinkKeepalive:
             if info is not None:
                 tcp = _TcpView.of(info, self._retrans_at_probe)
         return Evidence(own_lag=own_lag, tcp=tcp, peer_lag=self.peer_lag)
+
+    @property
+    def peer_lag(self) -> float | None:
+        """The loop lag the peer last reported in a beacon, seconds, if it sends them."""
+        beacon = self._raw.last_beacon
+        return None if beacon is None else beacon.lag
 
     def _maybe_announce_stall(self, diagnosis: Diagnosis) -> None:
         if diagnosis.verdict is not Verdict.SERVER_STALLED or self._announced_stall:
