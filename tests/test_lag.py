@@ -377,3 +377,12 @@ async def test_disabled_watchdog_does_nothing(anyio_backend: str) -> None:
             await anyio.sleep(0.1)
     assert stalls(logs) == []
     assert watchdog.last_stall is None
+
+
+def test_max_recent_looks_only_at_the_last_samples() -> None:
+    window = LagWindow(size=4)
+    for lag in (5.0, 0.1, 0.2, 0.3, 0.4):
+        window.add(lag)
+    assert window.max_recent(2) == 0.4
+    assert window.max_recent(0) == 0.0
+    assert window.max_recent(100) == 0.4  # the 5.0 left the window

@@ -15,6 +15,7 @@ import anyio
 
 from . import _backend, _tcpinfo
 from ._backend import RawLink
+from ._lag import LoopLagMonitor
 from ._liveness import Abort, Diagnosis, Evidence, Liveness, Probe, Verdict
 from ._logging import log
 from .config import Keepalive
@@ -56,8 +57,11 @@ class LinkKeepalive:
         url: str,
         connection_id: str,
         emit: Callable[[Event], None],
+        monitor: LoopLagMonitor | None = None,
     ) -> None:
         self._raw = raw
+        self._monitor = monitor
+        self._ticks_at_probe = 0
         self._policy = policy
         self._url = url
         self._connection_id = connection_id
@@ -100,6 +104,8 @@ class LinkKeepalive:
     async def _probe(self, now: float, pongs: anyio.abc.TaskGroup) -> None:
         info = self._tcp_info()
         self._retrans_at_probe = info.total_retrans if info is not None else 0
+        if self._monitor is not None:
+            self._ticks_at_probe = self._monitor.ticks
         self.liveness.probe_sent(now)
         try:
             wait_pong = await _backend.ping(self._raw)
@@ -124,6 +130,10 @@ class LinkKeepalive:
         return None if self._socket is None else _tcpinfo.read(self._socket)
 
     def _evidence(self, own_lag: float) -> Evidence:
+        monitor = self._monitor
+        if monitor is not None and self.liveness.probing:
+            since_probe = monitor.ticks - self._ticks_at_probe
+            own_lag = max(own_lag, monitor.stats.max_recent(since_probe))
         tcp = None
         if self.liveness.probing:
             info = self._tcp_info()

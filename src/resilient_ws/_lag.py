@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import faulthandler
 import importlib.util
+import itertools
 import logging
 import math
 import os
@@ -186,6 +187,13 @@ class LagWindow:
         lag = max(0.0, lag)
         self._samples.append(lag)
         self.current, self.max, self.count = lag, max(self.max, lag), self.count + 1
+
+    def max_recent(self, n: int) -> float:
+        """The largest of the last ``n`` samples (at most the window), 0 if none."""
+        n = min(n, len(self._samples))
+        if n <= 0:
+            return 0.0
+        return max(itertools.islice(reversed(self._samples), n))
 
     def percentile(self, p: float) -> float:
         """Return the ``p``-th percentile (0-100, linear interpolation) of the window, 0 if empty.

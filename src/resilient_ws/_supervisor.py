@@ -22,6 +22,7 @@ from ._backend import RawLink
 from ._backoff import next_delay
 from ._classify import Classifier
 from ._keepalive import LinkKeepalive
+from ._lag import LoopLagMonitor
 from ._link import Link, OnConnect
 from ._liveness import Diagnosis
 from ._logging import log, redact_url
@@ -87,6 +88,8 @@ class Supervisor:
         self._keepalive = keepalive
         self.keepalive: LinkKeepalive | None = None
         """The keepalive of the current or last link."""
+        self.monitor: LoopLagMonitor | None = None
+        """Our own loop's lag, when the connection runs a monitor (evidence of a client stall)."""
         # The keepalive's diagnosis when it gave up on the current link.
         self._abandoned: Diagnosis | None = None
         self._urls = list(urls)
@@ -287,6 +290,7 @@ class Supervisor:
             url=redact_url(self.url),
             connection_id=self._session.connection_id,
             emit=self._session._emit,
+            monitor=self.monitor,
         )
 
         async def watch() -> None:

@@ -23,6 +23,7 @@ from . import _backend
 from ._backend import RawLink
 from ._classify import Classifier, default_classifier
 from ._history import EventHistory
+from ._lag import LoopLagMonitor
 from ._link import Link, OnConnect
 from ._logging import log, redact_url
 from ._outbox import Message, Outbox, payload_size
@@ -141,6 +142,7 @@ class Connection:
             keepalive=keepalive,
             options=options,
         )
+        self._keepalive = keepalive
         self._outbox = Outbox(send_queue)
         self._when_full = send_queue.when_full
         self._machine = StateMachine()
@@ -355,11 +357,16 @@ class Connection:
         self._finished = anyio.Event()
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
+        if self._keepalive is not None:
+            # Our own loop's lag: evidence that a late pong is our fault, not the server's.
+            monitor = self._supervisor.monitor = LoopLagMonitor()
+            self._task_group.start_soon(monitor.run)
         self._task_group.start_soon(self._run)
         while self._machine.state not in (State.OPEN, State.CLOSED):
             await self._changed.wait()
         if self._error is not None:
             error = self._error
+            self._task_group.cancel_scope.cancel()  # the lag monitor
             await self._task_group.__aexit__(None, None, None)
             raise error
         return self
@@ -375,6 +382,7 @@ class Connection:
             with anyio.move_on_after(_CLOSE_TIMEOUT):
                 await self.close()
             self._supervisor.cancel()
+            self._task_group.cancel_scope.cancel()  # the lag monitor
         return await self._task_group.__aexit__(exc_type, exc, traceback)
 
     # ---- sending -------------------------------------------------------------------------

@@ -143,6 +143,7 @@ class Server:
                     url=f"peer:{connection.remote_address}",
                     connection_id=secrets.token_hex(4),
                     emit=lambda event: None,
+                    monitor=self.monitor,
                 )
                 tasks.start_soon(keepalive.run)
             try:
