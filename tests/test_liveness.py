@@ -212,6 +212,8 @@ def test_without_tcp_evidence_waits_unknown_timeout_then_aborts() -> None:
         (Evidence(), Verdict.UNKNOWN, "none"),
         # An ACK older than the probe says nothing about the probe.
         (Evidence(tcp=Tcp(unacked=0, last_ack_recv=5.0)), Verdict.UNKNOWN, "none"),
+        # ...but one within a kernel tick of it does: last_ack_recv is rounded to jiffies.
+        (Evidence(tcp=Tcp(unacked=0, last_ack_recv=1.004)), Verdict.SERVER_STALLED, "tcp_acked"),
     ],
 )
 def test_diagnose(evidence: Evidence, verdict: Verdict, basis: str) -> None:

@@ -41,6 +41,8 @@ _BETA = 1 / 4
 _K = 4
 # RFC 6298 section 2.1: before the first measurement, the timeout is 1 second.
 _INITIAL_TIMEOUT = 1.0
+# Coarsest clock tick of the kernel's TCP_INFO times (CONFIG_HZ=100).
+_KERNEL_TICK = 0.010
 # Highest local-health score: deadlines stretch at most (1 + 8) times.
 _MAX_HEALTH_SCORE = 8
 # How often an overdue probe is re-examined while the verdict waits for more evidence.
@@ -120,7 +122,9 @@ def diagnose(evidence: Evidence, since_probe: float, policy: Keepalive) -> Diagn
         return Diagnosis(Verdict.CLIENT_STALLED, "own_lag")
     tcp = evidence.tcp
     if tcp is not None:
-        acked_since_probe = tcp.last_ack_recv <= since_probe
+        # The kernel reports last_ack_recv in whole jiffies (1-10 ms): an ACK that came in
+        # the probe's own tick can read as slightly older than the probe.
+        acked_since_probe = tcp.last_ack_recv <= since_probe + _KERNEL_TICK
         if tcp.zero_window:
             return Diagnosis(Verdict.SERVER_STALLED, "zero_window")
         if tcp.unacked == 0 and acked_since_probe:

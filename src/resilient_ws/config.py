@@ -139,7 +139,7 @@ class Keepalive:
     idle: float = 1.0
     min_timeout: float = 0.3
     max_timeout: float = 10.0
-    max_server_stall: float = 120.0
+    max_server_stall: float = 150.0
     unknown_timeout: float = 20.0
     client_lag: float = 0.2
 
