@@ -104,8 +104,8 @@ class LinkKeepalive:
     async def _probe(self, now: float, pongs: anyio.abc.TaskGroup) -> None:
         info = self._tcp_info()
         self._retrans_at_probe = info.total_retrans if info is not None else 0
-        if self._monitor is not None:
-            self._ticks_at_probe = self._monitor.ticks
+        ticks = self._ticks_at_probe = 0 if self._monitor is None else self._monitor.ticks
+        deadline = now + self.liveness.timeout
         self.liveness.probe_sent(now)
         try:
             wait_pong = await _backend.ping(self._raw)
@@ -116,24 +116,35 @@ class LinkKeepalive:
             with suppress(_backend.ConnectionClosed):
                 await wait_pong()
                 answered = anyio.current_time()
-                rtt = answered - now
-                # A pong after its deadline measured a stall, not the path (as Karn's
-                # algorithm ignores ambiguous samples): keep it out of SRTT.
-                if rtt <= self.liveness.timeout:
+                # A pong after its deadline, or one that waited while our own loop lagged,
+                # measured a stall, not the path (as Karn's algorithm ignores ambiguous
+                # samples): keep it out of SRTT.
+                if answered <= deadline and self._own_lag_since(ticks) < self._policy.client_lag:
                     self._proof_of_life(self.liveness.pong(answered, now))
                 else:
                     self._proof_of_life(self.liveness.inbound(answered))
 
         pongs.start_soon(pong)
 
+    def _own_lag_since(self, ticks: int) -> float:
+        """The largest lag of our own loop since the monitor's tick count was ``ticks``."""
+        monitor = self._monitor
+        if monitor is None:
+            return 0.0
+        sampled = monitor.stats.max_recent(monitor.ticks - ticks)
+        # Right after a block, the pong's task may run before the monitor's late tick has
+        # been recorded: count how overdue that tick is now.
+        overdue = 0.0
+        if monitor.last_tick is not None:
+            overdue = anyio.current_time() - monitor.last_tick - monitor.interval
+        return max(sampled, overdue)
+
     def _tcp_info(self) -> _tcpinfo.TcpInfo | None:
         return None if self._socket is None else _tcpinfo.read(self._socket)
 
     def _evidence(self, own_lag: float) -> Evidence:
-        monitor = self._monitor
-        if monitor is not None and self.liveness.probing:
-            since_probe = monitor.ticks - self._ticks_at_probe
-            own_lag = max(own_lag, monitor.stats.max_recent(since_probe))
+        if self.liveness.probing:
+            own_lag = max(own_lag, self._own_lag_since(self._ticks_at_probe))
         tcp = None
         if self.liveness.probing:
             info = self._tcp_info()
