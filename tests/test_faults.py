@@ -236,6 +236,32 @@ async def stall_survived(
 
 
 @pytest.mark.root
+async def test_without_tcp_info_a_dead_link_is_unknown_after_unknown_timeout(
+    firewall: Firewall, record: Record, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A platform without TCP_INFO: no evidence, so the conservative timeout decides."""
+    from resilient_ws import _tcpinfo
+
+    monkeypatch.setattr(_tcpinfo, "read", lambda sock, platform=None: None)
+    policy = Keepalive(unknown_timeout=3.0)
+    with StallServer() as server:
+        async with resilient_ws.connect(
+            server.url, backoff=FAST, keepalive=policy, open_timeout=OPEN_TIMEOUT
+        ) as ws:
+            events = ws.events()
+            await echo(ws, "before")
+            with firewall.drop(server.port):
+                dropped_at = anyio.current_time()
+                lost = await expect(events, Disconnected, within=DEAD_WITHIN, forbid=(PeerStalled,))
+            assert lost.verdict == "unknown"
+            # idle + unknown_timeout after the probe, give or take the probe's timing.
+            assert lost.at - dropped_at >= policy.unknown_timeout
+            record("drop_to_verdict", lost.at - dropped_at)
+            await expect(events, Connected)
+            await echo(ws, "after")
+
+
+@pytest.mark.root
 async def test_dropped_idle_link_is_network_dead_then_reconnects(
     firewall: Firewall, record: Record
 ) -> None:
