@@ -102,6 +102,11 @@ async def test_gil_stall_is_survived_and_its_culprit_named(server: ServeProcess)
             assert await ws.recv() == "stalled 4"
         await ws.send("after")
         assert await ws.recv() == "after"
+        # The server's beacons report the stall it went through.
+        with anyio.fail_after(TIMEOUT):
+            while not ws.stats.peer_stall:  # noqa: ASYNC110 - no event marks a beacon
+                await anyio.sleep(0.05)
+        assert 3.0 <= ws.stats.peer_stall < 10
         stall = await anyio.to_thread.run_sync(
             server.wait_for_log, lambda e: e["event"] == "resilient_ws.loop_stalled", TIMEOUT
         )

@@ -158,6 +158,12 @@ class LinkKeepalive:
         beacon = self._raw.last_beacon
         return None if beacon is None else beacon.lag
 
+    @property
+    def peer_stall(self) -> float | None:
+        """How long the peer's last loop stall lasted, by its own beacon, seconds."""
+        beacon = self._raw.last_beacon
+        return None if beacon is None else beacon.stall
+
     def _maybe_announce_stall(self, diagnosis: Diagnosis) -> None:
         if diagnosis.verdict is not Verdict.SERVER_STALLED or self._announced_stall:
             return

@@ -81,6 +81,8 @@ class ConnectionStats:
             or ``"unknown"``.
         stalled_for: Seconds the server has been judged stalled, or ``None``.
         peer_lag: Event-loop lag the server last reported, seconds, or ``None``.
+        peer_stall: How long the server's last loop stall lasted, by its own report
+            (``resilient_ws.serve()`` beacons), seconds, or ``None``.
     """
 
     state: str
@@ -101,6 +103,7 @@ class ConnectionStats:
     verdict: str
     stalled_for: float | None
     peer_lag: float | None
+    peer_stall: float | None
 
 
 class Connection:
@@ -204,7 +207,7 @@ class Connection:
         if keepalive is None:
             return dict(
                 srtt=None, rttvar=None, timeout=None, verdict="unknown", stalled_for=None,
-                peer_lag=None,
+                peer_lag=None, peer_stall=None,
             )  # fmt: skip
         liveness = keepalive.liveness
         stalled_since = liveness.stalled_since
@@ -215,6 +218,7 @@ class Connection:
             verdict=liveness.diagnosis.verdict.value,
             stalled_for=None if stalled_since is None else anyio.current_time() - stalled_since,
             peer_lag=keepalive.peer_lag,
+            peer_stall=keepalive.peer_stall,
         )
 
     async def send(self, message: Message) -> None:
