@@ -6,7 +6,21 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from resilient_ws._protocol import Beacon, decode_beacon, encode_beacon
+from resilient_ws._protocol import (
+    Beacon,
+    ControlError,
+    Grant,
+    Resume,
+    ack_of,
+    decode_beacon,
+    decode_control,
+    encode_ack,
+    encode_beacon,
+    grant_headers,
+    parse_grant,
+    parse_resume,
+    resume_headers,
+)
 
 
 def test_beacon_round_trip() -> None:
@@ -47,3 +61,93 @@ def test_any_beacon_fits_a_control_frame(lag: float, max_lag: float, stall: floa
     data = encode_beacon(Beacon(lag, max_lag, stall))
     assert len(data) <= 125
     assert decode_beacon(data) is not None
+
+
+# ---- control messages and handshake headers ----------------------------------------------
+
+
+def test_ack_round_trip() -> None:
+    fields = decode_control(encode_ack(12345))
+    assert fields is not None
+    assert ack_of(fields) == 12345
+
+
+def test_ordinary_pongs_are_not_control_messages() -> None:
+    assert decode_control(b"") is None
+    assert decode_control(b"\x00\x01keepalive") is None
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [b"rws1 ", b"rws1 ack", b"rws1 =3", b"rws1 ack=x", b"rws1 ack=-1", b"rws1 ack=inf",
+     b"rws1 " + b"a=1 " * 40],
+)  # fmt: skip
+def test_malformed_control_messages_raise_with_close_code_4001(payload: bytes) -> None:
+    with pytest.raises(ControlError) as info:
+        decode_control(payload)
+    assert info.value.code == 4001
+
+
+def test_fractional_ack_is_malformed() -> None:
+    with pytest.raises(ControlError):
+        ack_of({"ack": 1.5})
+
+
+def test_unknown_fields_are_ignored() -> None:
+    fields = decode_control(b"rws1 ack=3 future=7")
+    assert fields is not None
+    assert ack_of(fields) == 3
+
+
+@given(st.binary(max_size=200))
+def test_control_decoder_raises_only_control_errors(payload: bytes) -> None:
+    try:
+        fields = decode_control(payload)
+    except ControlError:
+        return
+    assert fields is None or all(v >= 0 for v in fields.values())
+
+
+def test_resume_headers_round_trip() -> None:
+    resume = Resume(session="s3ss-ion_1", token="t0k3n", received=41, replay_from=7)
+    assert parse_resume(resume_headers(resume)) == resume
+    assert parse_resume({}) is None
+
+
+def test_grant_headers_round_trip() -> None:
+    grant = Grant(session="abc", token="def", resumed=True, received=0, replay_from=1)
+    assert parse_grant(grant_headers(grant)) == grant
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"RWS-Token": None},
+        {"RWS-Token": "has space"},
+        {"RWS-Token": "x" * 65},
+        {"RWS-Received": "-1"},
+        {"RWS-Received": "1e3"},
+        {"RWS-Received": "9" * 19},
+        {"RWS-Replay-From": "0"},
+    ],
+)
+def test_malformed_resume_headers_raise(change: dict[str, str | None]) -> None:
+    headers = resume_headers(Resume("abc", "def", 1, 2))
+    for name, value in change.items():
+        if value is None:
+            del headers[name]
+        else:
+            headers[name] = value
+    with pytest.raises(ControlError):
+        parse_resume(headers)
+
+
+@pytest.mark.parametrize("resumed", [None, "yes", "2"])
+def test_malformed_grant_raises(resumed: str | None) -> None:
+    headers = grant_headers(Grant("abc", "def", False, 0, 1))
+    if resumed is None:
+        del headers["RWS-Resumed"]
+    else:
+        headers["RWS-Resumed"] = resumed
+    with pytest.raises(ControlError):
+        parse_grant(headers)

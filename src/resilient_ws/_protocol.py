@@ -1,26 +1,114 @@
-"""Control messages exchanged by resilient_ws peers. Pure: bytes in, values out.
+"""The replay protocol's wire format (docs/protocol.md). Pure: bytes and headers in, values out.
 
-Lag beacons travel as the payload of unsolicited pong frames, which RFC 6455 section 5.5.3
-allows ("a unidirectional heartbeat") and other clients ignore, so a plain WebSocket client
-is unaffected. The payload is ASCII::
+Control messages travel as the payload of unsolicited pong frames, which RFC 6455 section
+5.5.3 allows ("a unidirectional heartbeat") and other peers ignore::
 
-    rws1 lag=<seconds> max=<seconds> stall=<seconds>
+    rws1 <name>=<value> <name>=<value> ...
 
-``lag``: the server's current event-loop lag; ``max``: the largest in its recent window;
-``stall``: the duration of its last loop stall (0 if none). Unknown trailing fields are
-ignored, so later versions may add some.
+Fields: ``ack`` (cumulative acknowledgement), and the server's lag beacon: ``lag`` (current
+event-loop lag), ``max`` (largest in its window) and ``stall`` (its last stall), in seconds.
+Unknown fields are ignored, so later versions may add some.
+
+Sessions are named, resumed and granted with ``RWS-*`` handshake headers.
 """
 
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
-__all__ = ["BEACON_PREFIX", "Beacon", "decode_beacon", "encode_beacon"]
+__all__ = [
+    "BEACON_PREFIX",
+    "MALFORMED",
+    "SUBPROTOCOL",
+    "Beacon",
+    "ControlError",
+    "Grant",
+    "Resume",
+    "ack_of",
+    "beacon_of",
+    "decode_beacon",
+    "decode_control",
+    "encode_ack",
+    "encode_beacon",
+    "grant_headers",
+    "parse_grant",
+    "parse_resume",
+    "resume_headers",
+]
 
+SUBPROTOCOL = "resilient-ws.replay.v1"
 BEACON_PREFIX = b"rws1 "
 # Control frames carry at most 125 bytes (RFC 6455 section 5.5).
 _MAX_CONTROL_PAYLOAD = 125
+# Session ids and tokens: URL-safe base64, bounded.
+_OPAQUE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# Message counts: decimal, bounded so a peer cannot make us handle absurd numbers.
+_COUNT = re.compile(r"[0-9]{1,18}")
+
+MALFORMED = 4001
+"""Close code for a malformed control message or header (docs/protocol.md section 6)."""
+
+
+class ControlError(ValueError):
+    """A control message or ``RWS-*`` header is malformed; close with :data:`MALFORMED`."""
+
+    code = MALFORMED
+
+
+# ---- control messages -------------------------------------------------------------------
+
+
+def decode_control(data: bytes) -> dict[str, float] | None:
+    """The fields of a control message.
+
+    Returns:
+        ``None`` when ``data`` is not a control message (no ``rws1 `` prefix): an ordinary
+        pong, to be ignored.
+
+    Raises:
+        ControlError: It claims to be one but is malformed.
+    """
+    if not data.startswith(BEACON_PREFIX):
+        return None
+    if len(data) > _MAX_CONTROL_PAYLOAD:
+        raise ControlError("control message over 125 bytes")
+    fields: dict[str, float] = {}
+    for item in data[len(BEACON_PREFIX) :].split():
+        name, sep, value = item.partition(b"=")
+        if not sep or not name:
+            raise ControlError(f"malformed field {item[:20]!r}")
+        try:
+            number = float(value)
+        except ValueError:
+            raise ControlError(f"field {name[:20]!r} is not a number") from None
+        if not math.isfinite(number) or number < 0:
+            raise ControlError(f"field {name[:20]!r} is out of range")
+        fields[name.decode("ascii", "replace")] = number
+    if not fields:
+        raise ControlError("control message without fields")
+    return fields
+
+
+def encode_ack(received: int) -> bytes:
+    """The control message acknowledging data messages ``1..received``."""
+    return b"rws1 ack=%d" % received
+
+
+def ack_of(fields: Mapping[str, float]) -> int | None:
+    """The ``ack`` field as a message count, if present.
+
+    Raises:
+        ControlError: It is not a whole number.
+    """
+    value = fields.get("ack")
+    if value is None:
+        return None
+    if value != int(value):
+        raise ControlError("ack is not a whole number")
+    return int(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,29 +121,116 @@ class Beacon:
 
 
 def encode_beacon(beacon: Beacon) -> bytes:
-    """The pong payload for ``beacon``."""
+    """The control message for ``beacon``."""
     data = b"rws1 lag=%.4f max=%.4f stall=%.3f" % (beacon.lag, beacon.max_lag, beacon.stall)
     assert len(data) <= _MAX_CONTROL_PAYLOAD
     return data
 
 
-def decode_beacon(data: bytes) -> Beacon | None:
-    """The beacon in a pong payload, or ``None`` if it is not one (or malformed)."""
-    if not data.startswith(BEACON_PREFIX) or len(data) > _MAX_CONTROL_PAYLOAD:
-        return None
-    fields: dict[str, float] = {}
-    for item in data[len(BEACON_PREFIX) :].split():
-        name, sep, value = item.partition(b"=")
-        if not sep:
-            return None
-        try:
-            number = float(value)
-        except ValueError:
-            return None
-        if not math.isfinite(number) or number < 0:
-            return None
-        fields[name.decode("ascii", "replace")] = number
+def beacon_of(fields: Mapping[str, float]) -> Beacon | None:
+    """The lag beacon in a control message's fields, if it carries one."""
     try:
         return Beacon(fields["lag"], fields["max"], fields["stall"])
     except KeyError:
         return None
+
+
+def decode_beacon(data: bytes) -> Beacon | None:
+    """The beacon in a pong payload, or ``None`` if it is none (or malformed)."""
+    try:
+        fields = decode_control(data)
+    except ControlError:
+        return None
+    return None if fields is None else beacon_of(fields)
+
+
+# ---- handshake headers --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Resume:
+    """A client's request to resume a session (docs/protocol.md section 4)."""
+
+    session: str
+    token: str
+    received: int
+    replay_from: int
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """A server's answer: the session the link belongs to and where each side stands."""
+
+    session: str
+    token: str
+    resumed: bool
+    received: int
+    replay_from: int
+
+
+def resume_headers(resume: Resume) -> dict[str, str]:
+    """Request headers that resume ``resume.session``."""
+    return {
+        "RWS-Session": resume.session,
+        "RWS-Token": resume.token,
+        "RWS-Received": str(resume.received),
+        "RWS-Replay-From": str(resume.replay_from),
+    }
+
+
+def parse_resume(headers: Mapping[str, str]) -> Resume | None:
+    """The resume request in handshake headers; ``None`` for a new session.
+
+    Raises:
+        ControlError: The headers are present but malformed.
+    """
+    session = headers.get("RWS-Session")
+    if session is None:
+        return None
+    return Resume(
+        session=_opaque(session, "RWS-Session"),
+        token=_opaque(headers.get("RWS-Token"), "RWS-Token"),
+        received=_count(headers.get("RWS-Received"), "RWS-Received"),
+        replay_from=_count(headers.get("RWS-Replay-From"), "RWS-Replay-From", minimum=1),
+    )
+
+
+def grant_headers(grant: Grant) -> dict[str, str]:
+    """Response headers for ``grant``."""
+    return {
+        "RWS-Session": grant.session,
+        "RWS-Token": grant.token,
+        "RWS-Resumed": "1" if grant.resumed else "0",
+        "RWS-Received": str(grant.received),
+        "RWS-Replay-From": str(grant.replay_from),
+    }
+
+
+def parse_grant(headers: Mapping[str, str]) -> Grant:
+    """The server's grant in the 101 response headers.
+
+    Raises:
+        ControlError: A header is missing or malformed.
+    """
+    resumed = headers.get("RWS-Resumed")
+    if resumed not in ("0", "1"):
+        raise ControlError("RWS-Resumed must be 0 or 1")
+    return Grant(
+        session=_opaque(headers.get("RWS-Session"), "RWS-Session"),
+        token=_opaque(headers.get("RWS-Token"), "RWS-Token"),
+        resumed=resumed == "1",
+        received=_count(headers.get("RWS-Received"), "RWS-Received"),
+        replay_from=_count(headers.get("RWS-Replay-From"), "RWS-Replay-From", minimum=1),
+    )
+
+
+def _opaque(value: str | None, name: str) -> str:
+    if value is None or not _OPAQUE.fullmatch(value):
+        raise ControlError(f"{name} is missing or malformed")
+    return value
+
+
+def _count(value: str | None, name: str, minimum: int = 0) -> int:
+    if value is None or not _COUNT.fullmatch(value) or int(value) < minimum:
+        raise ControlError(f"{name} is missing or malformed")
+    return int(value)
