@@ -1,0 +1,198 @@
+"""Where a server keeps its sessions between links (docs/protocol.md sections 4, 5 and 7).
+
+Pure: times are passed in. :class:`SessionStore` is the interface; :class:`MemorySessionStore`
+the default, in-process implementation. The interface deals in session ids, tokens and an
+opaque ``state`` (the replay bookkeeping), so a shared store (Redis, say) can implement it
+later to let a session resume on another server node, by serializing ``state``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Generic, Protocol, TypeVar
+
+__all__ = [
+    "MemorySessionStore",
+    "Resumed",
+    "SessionLimit",
+    "SessionRecord",
+    "SessionStore",
+    "Throttled",
+    "Unknown",
+]
+
+S = TypeVar("S")
+
+# Resume tokens: 24 random bytes (192 bits; the spec asks for >= 128), URL-safe base64.
+_TOKEN_BYTES = 24
+_ID_BYTES = 12
+
+
+class SessionLimit(Exception):
+    """The store holds ``max_sessions`` already; answer the handshake with 503 + Retry-After."""
+
+
+@dataclass(slots=True, eq=False)
+class SessionRecord(Generic[S]):
+    """One session as the store keeps it.
+
+    Attributes:
+        id: Public session id.
+        token: Secret resume token.
+        state: The server's bookkeeping for the session (opaque to the store).
+        detached_at: When its last link ended; ``None`` while a link is live.
+    """
+
+    id: str
+    token: str
+    state: S
+    detached_at: float | None = None
+    resumes: deque[float] = field(default_factory=deque)
+
+
+@dataclass(frozen=True, slots=True)
+class Resumed(Generic[S]):
+    """The request named a live or detached session and held its token."""
+
+    record: SessionRecord[S]
+
+
+@dataclass(frozen=True, slots=True)
+class Unknown:
+    """No such session (never existed, expired, forgotten) or a wrong token: start a new one.
+
+    Attributes:
+        reason: ``"unknown"`` or ``"bad_token"``, for the log; never sent to the client.
+    """
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Throttled:
+    """Too many resume attempts for this session: answer 429 with ``Retry-After``."""
+
+    retry_after: float
+
+
+class SessionStore(Protocol[S]):
+    """What the server needs from a session store."""
+
+    def open(self, state: S, now: float) -> SessionRecord[S]:
+        """Create a session with a fresh id and token, attached to a live link.
+
+        Raises:
+            SessionLimit: The store is full.
+        """
+
+    def resume(
+        self, session_id: str, token: str, now: float
+    ) -> Resumed[S] | Unknown | Throttled:
+        """Look up a session for a resume request, checking its token in constant time."""
+
+    def detach(self, session_id: str, now: float) -> None:
+        """Its link ended; the TTL starts now."""
+
+    def attach(self, session_id: str) -> None:
+        """A link took it over again; it no longer expires."""
+
+    def close(self, session_id: str) -> None:
+        """Forget it now (closed normally)."""
+
+    def expire(self, now: float) -> list[SessionRecord[S]]:
+        """Forget and return the detached sessions whose TTL has passed."""
+
+    def __len__(self) -> int: ...
+
+
+class MemorySessionStore(Generic[S]):
+    """Sessions in a dict, bounded in number, forgotten ``ttl`` seconds after detaching.
+
+    Args:
+        max_sessions: Most sessions held at once.
+        ttl: Seconds a detached session is kept for a resume.
+        resume_limit: Most resume attempts naming one session per ``resume_window``; a
+            flood (right token or wrong) is throttled rather than served.
+        resume_window: Seconds of that window.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_sessions: int = 10_000,
+        ttl: float = 60.0,
+        resume_limit: int = 10,
+        resume_window: float = 60.0,
+    ) -> None:
+        if max_sessions < 1 or ttl < 0 or resume_limit < 1 or resume_window <= 0:
+            raise ValueError("invalid session store limits")
+        self._sessions: dict[str, SessionRecord[S]] = {}
+        # Detached session ids in the order they detached: with one TTL for all, the
+        # oldest expires first, so expiring costs only what it removes.
+        self._detached: dict[str, float] = {}
+        self._max = max_sessions
+        self._ttl = ttl
+        self._resume_limit = resume_limit
+        self._resume_window = resume_window
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def open(self, state: S, now: float) -> SessionRecord[S]:
+        self.expire(now)
+        if len(self._sessions) >= self._max:
+            raise SessionLimit(f"{self._max} sessions already")
+        record = SessionRecord(
+            id=secrets.token_urlsafe(_ID_BYTES),
+            token=secrets.token_urlsafe(_TOKEN_BYTES),
+            state=state,
+        )
+        self._sessions[record.id] = record
+        return record
+
+    def resume(
+        self, session_id: str, token: str, now: float
+    ) -> Resumed[S] | Unknown | Throttled:
+        self.expire(now)
+        record = self._sessions.get(session_id)
+        if record is None:
+            return Unknown("unknown")
+        attempts = record.resumes
+        while attempts and attempts[0] <= now - self._resume_window:
+            attempts.popleft()
+        if len(attempts) >= self._resume_limit:
+            return Throttled(attempts[0] + self._resume_window - now)
+        attempts.append(now)
+        # Constant time: the comparison must not reveal how much of a guess was right.
+        if not hmac.compare_digest(token.encode(), record.token.encode()):
+            return Unknown("bad_token")
+        return Resumed(record)
+
+    def detach(self, session_id: str, now: float) -> None:
+        record = self._sessions.get(session_id)
+        if record is not None:
+            record.detached_at = now
+            self._detached.pop(session_id, None)
+            self._detached[session_id] = now
+
+    def attach(self, session_id: str) -> None:
+        record = self._sessions.get(session_id)
+        if record is not None:
+            record.detached_at = None
+            self._detached.pop(session_id, None)
+
+    def close(self, session_id: str) -> None:
+        self._sessions.pop(session_id, None)
+        self._detached.pop(session_id, None)
+
+    def expire(self, now: float) -> list[SessionRecord[S]]:
+        expired = []
+        for session_id, detached_at in list(self._detached.items()):
+            if now - detached_at < self._ttl:
+                break
+            del self._detached[session_id]
+            expired.append(self._sessions.pop(session_id))
+        return expired

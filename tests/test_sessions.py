@@ -1,0 +1,117 @@
+"""The session store: ids, tokens, TTL, limits and throttling, with times passed in."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from resilient_ws._sessions import (
+    MemorySessionStore,
+    Resumed,
+    SessionLimit,
+    Throttled,
+    Unknown,
+)
+
+
+def test_open_gives_unguessable_distinct_ids_and_tokens() -> None:
+    store: MemorySessionStore[str] = MemorySessionStore()
+    records = [store.open(f"state {i}", now=0.0) for i in range(100)]
+    assert len({r.id for r in records}) == 100
+    assert len({r.token for r in records}) == 100
+    assert all(len(r.token) >= 22 for r in records)  # >= 128 bits in URL-safe base64
+    assert len(store) == 100
+
+
+def test_resume_with_the_right_token() -> None:
+    store: MemorySessionStore[str] = MemorySessionStore()
+    record = store.open("mine", now=0.0)
+    outcome = store.resume(record.id, record.token, now=1.0)
+    assert isinstance(outcome, Resumed)
+    assert outcome.record.state == "mine"
+
+
+def test_wrong_token_never_yields_the_session() -> None:
+    store: MemorySessionStore[str] = MemorySessionStore()
+    record = store.open("secret state", now=0.0)
+    assert store.resume(record.id, record.token[:-1] + "x", now=1.0) == Unknown("bad_token")
+    assert store.resume("no-such-session", record.token, now=1.0) == Unknown("unknown")
+    # The real owner is unaffected.
+    assert isinstance(store.resume(record.id, record.token, now=2.0), Resumed)
+
+
+def test_detached_session_expires_after_ttl_and_live_ones_never_do() -> None:
+    store: MemorySessionStore[str] = MemorySessionStore(ttl=60.0)
+    gone = store.open("gone", now=0.0)
+    live = store.open("live", now=0.0)
+    store.detach(gone.id, now=10.0)
+    assert store.expire(now=69.9) == []
+    assert store.expire(now=70.0) == [gone]
+    assert store.resume(gone.id, gone.token, now=71.0) == Unknown("unknown")
+    assert store.expire(now=10_000.0) == []
+    assert isinstance(store.resume(live.id, live.token, now=10_000.0), Resumed)
+
+
+def test_reattached_session_stops_expiring() -> None:
+    store: MemorySessionStore[str] = MemorySessionStore(ttl=5.0)
+    record = store.open("s", now=0.0)
+    store.detach(record.id, now=1.0)
+    store.attach(record.id)
+    assert store.expire(now=100.0) == []
+    store.detach(record.id, now=100.0)
+    assert store.expire(now=105.0) == [record]
+
+
+def test_session_limit() -> None:
+    store: MemorySessionStore[int] = MemorySessionStore(max_sessions=2, ttl=1.0)
+    first = store.open(1, now=0.0)
+    store.open(2, now=0.0)
+    with pytest.raises(SessionLimit):
+        store.open(3, now=0.0)
+    store.detach(first.id, now=0.0)
+    store.open(3, now=1.0)  # the expired one made room
+    assert len(store) == 2
+
+
+def test_resume_floods_are_throttled_per_session() -> None:
+    store: MemorySessionStore[str] = MemorySessionStore(resume_limit=3, resume_window=60.0)
+    record = store.open("s", now=0.0)
+    other = store.open("t", now=0.0)
+    for i in range(3):
+        store.resume(record.id, "wrong", now=float(i))
+    outcome = store.resume(record.id, record.token, now=10.0)
+    assert isinstance(outcome, Throttled)
+    assert outcome.retry_after == pytest.approx(50.0)
+    assert isinstance(store.resume(other.id, other.token, now=10.0), Resumed)
+    assert isinstance(store.resume(record.id, record.token, now=60.5), Resumed)
+
+
+def test_closed_session_is_forgotten() -> None:
+    store: MemorySessionStore[str] = MemorySessionStore()
+    record = store.open("s", now=0.0)
+    store.detach(record.id, now=1.0)
+    store.close(record.id)
+    assert len(store) == 0
+    assert store.expire(now=1000.0) == []
+
+
+@given(st.lists(st.tuples(st.sampled_from(["open", "detach", "attach", "close"]),
+                          st.integers(0, 5), st.floats(0, 5)), max_size=60))  # fmt: skip
+def test_memory_stays_bounded(ops: list[tuple[str, int, float]]) -> None:
+    store: MemorySessionStore[int] = MemorySessionStore(max_sessions=4, ttl=2.0)
+    ids: list[str] = []
+    now = 0.0
+    for op, index, advance in ops:
+        now += advance
+        if op == "open":
+            try:
+                ids.append(store.open(index, now).id)
+            except SessionLimit:
+                assert len(store) == 4
+        elif ids:
+            session_id = ids[index % len(ids)]
+            getattr(store, op)(*((session_id, now) if op == "detach" else (session_id,)))
+        store.expire(now)
+        assert len(store) <= 4
+        assert len(store._detached) <= len(store)
