@@ -10,16 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
 import time
 from dataclasses import dataclass
 
-from _servers import free_port
+from _servers import LoopThread, free_port
 
 # Read size per chunk; the proxy does not care about message boundaries.
 _CHUNK = 65536
-# Longest wait for the proxy's thread to start or stop.
-_THREAD_TIMEOUT = 10.0
 
 
 @dataclass
@@ -46,7 +43,7 @@ class Direction:
         return self.read_at > self.written_at
 
 
-class DelayProxy:
+class DelayProxy(LoopThread):
     """Forwards ``127.0.0.1:port`` to ``127.0.0.1:target`` with a one-way delay per direction.
 
     ``up`` is client to server, ``down`` server to client. Each direction keeps the order of
@@ -60,36 +57,14 @@ class DelayProxy:
         self.url = f"ws://127.0.0.1:{self.port}/"
         self.up = Direction(up_delay)
         self.down = Direction(down_delay)
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._stop: asyncio.Future[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        super().__init__()
 
-    def __enter__(self) -> DelayProxy:
-        self._thread.start()
-        if not self._ready.wait(_THREAD_TIMEOUT):
-            raise RuntimeError("proxy did not start")
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self._thread.is_alive():
-            self._loop.call_soon_threadsafe(self._stop.set_result, None)  # type: ignore[union-attr]
-            self._thread.join(_THREAD_TIMEOUT)
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        try:
-            self._loop.run_until_complete(self._main())
-        finally:
-            self._loop.close()
-
-    async def _main(self) -> None:
-        self._stop = self._loop.create_future()
+    async def serve(self) -> None:
         server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
-        self._ready.set()
+        self.ready.set()
         try:
-            await self._stop
+            await self.stopping  # type: ignore[misc]
         finally:
             server.close()
             for task in list(self._tasks):

@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.http11 import Request, Response
@@ -34,7 +34,56 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class ThreadServer:
+L = TypeVar("L", bound="LoopThread")
+
+
+class LoopThread:
+    """Runs ``serve()`` in an asyncio event loop of its own thread, between enter and exit.
+
+    A subclass's ``serve()`` calls ``self.ready.set()`` once it listens and returns when
+    ``self.stopping`` is done. The thread keeps serving while the test's loop is blocked.
+    """
+
+    def __init__(self, *, start: bool = True) -> None:
+        self.ready = threading.Event()
+        self.stopping: asyncio.Future[None] | None = None
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._start_on_enter = start
+
+    async def serve(self) -> None:
+        raise NotImplementedError
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._loop.run_until_complete(self._serve())
+        finally:
+            self._loop.close()
+
+    async def _serve(self) -> None:
+        self.stopping = self._loop.create_future()
+        await self.serve()
+
+    def start(self) -> None:
+        self._thread.start()
+        if not self.ready.wait(10):
+            raise RuntimeError(f"{type(self).__name__} did not start")
+
+    def __enter__(self: L) -> L:
+        if self._start_on_enter:
+            self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self.stopping.set_result, None)  # type: ignore[union-attr]
+            self._thread.join(10)
+        else:
+            self._loop.close()
+
+
+class ThreadServer(LoopThread):
     """A websockets asyncio server running in its own thread and event loop.
 
     It counts handshakes that reached the handler, so tests can bound reconnect rates.
@@ -56,25 +105,13 @@ class ThreadServer:
         self._handler = handler
         self._process_request = process_request
         self._options = options
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._stop: asyncio.Future[None] | None = None
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._start_on_enter = start
+        super().__init__(start=start)
 
     async def _handle(self, ws: ServerConnection) -> None:
         self.connections += 1
         await self._handler(ws)
 
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        try:
-            self._loop.run_until_complete(self._main())
-        finally:
-            self._loop.close()
-
-    async def _main(self) -> None:
-        self._stop = self._loop.create_future()
+    async def serve(self) -> None:
         async with serve(
             self._handle,
             "127.0.0.1",
@@ -83,25 +120,8 @@ class ThreadServer:
             compression=None,
             **self._options,
         ):
-            self._ready.set()
-            await self._stop
-
-    def start(self) -> None:
-        self._thread.start()
-        if not self._ready.wait(10):
-            raise RuntimeError("test server did not start")
-
-    def __enter__(self) -> ThreadServer:
-        if self._start_on_enter:
-            self.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self._thread.is_alive():
-            self._loop.call_soon_threadsafe(self._stop.set_result, None)  # type: ignore[union-attr]
-            self._thread.join(10)
-        else:
-            self._loop.close()
+            self.ready.set()
+            await self.stopping  # type: ignore[misc]
 
 
 class ProcessServer:
