@@ -1,0 +1,366 @@
+"""Replay bookkeeping for one side of one session: numbers, acks, bounded buffers, resume.
+
+Pure: nothing here sleeps, reads a clock or touches a socket. The I/O layer feeds events
+(a message sent or received, an ``ack`` read, the peer's resume headers) and ``now``, and
+acts on the answers (what to resend, which :class:`Gap` to report, when an ack is due).
+The rules are those of the replay protocol, ``docs/protocol.md`` sections 2 to 4:
+
+- Each side numbers the data messages it sends: the n-th of the session is n. Numbers are
+  implicit, so :class:`Outbound` and the peer's :class:`Inbound` must see the same messages
+  in the same order.
+- :class:`Outbound` (the sending half) keeps the unacknowledged messages, bounded by count
+  and bytes, dropping the oldest; ``replay_from`` is the lowest number it can still resend.
+- :class:`Inbound` (the receiving half) counts what arrived and says when a cumulative
+  ``ack`` is due (every ``ack_every`` messages or ``ack_delay`` seconds after the first
+  unacknowledged one).
+- On resume each half compares its numbers with the peer's handshake headers: what the
+  peer lacks is resent, and what cannot be resent is a :class:`Gap`.
+
+A peer that breaks a numbering rule raises :class:`ProtocolViolation`, which carries the
+close code the I/O layer closes the link with. It is internal: it never reaches the
+application, so it is not part of the :class:`~resilient_ws.ResilientWSError` tree.
+
+The I/O layer must keep one ordering rule: between building its own resume headers
+(``RWS-Received``, ``RWS-Replay-From``) and calling :meth:`Inbound.resume` and
+:meth:`Outbound.resume`, it must not call :meth:`Inbound.deliver` or
+:meth:`Outbound.record`. Messages the application sends while no link is up wait in the
+send queue and are recorded when they are actually sent, after the resend.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+from ._outbox import Message
+
+__all__ = [
+    "ACK_OUT_OF_RANGE",
+    "MALFORMED_CONTROL",
+    "Gap",
+    "Inbound",
+    "Outbound",
+    "ProtocolViolation",
+]
+
+# Close codes of docs/protocol.md section 6.
+MALFORMED_CONTROL = 4001
+ACK_OUT_OF_RANGE = 4002
+
+
+class ProtocolViolation(Exception):
+    """The peer broke a numbering rule; the link must close with :attr:`code`.
+
+    Raised before any state changes, so the object that raised it is still consistent.
+
+    Attributes:
+        code: The WebSocket close code: 4001 (malformed control message: a number that is
+            not an integer >= 0) or 4002 (ack or resume number out of range).
+        reason: A short explanation, fit for the close frame's reason (ASCII, < 123 bytes).
+    """
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(f"protocol violation {code}: {reason}")
+        self.code = code
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """An inclusive range of the peer's message numbers that will never be delivered.
+
+    Attributes:
+        first: The first lost number (>= 1).
+        last: The last lost number, or ``None`` when the end is unknown: the session was
+            lost, and everything the peer sent from ``first`` on is gone.
+    """
+
+    first: int
+    last: int | None
+
+    def __post_init__(self) -> None:
+        if self.first < 1:
+            raise ValueError(f"Gap.first must be >= 1, not {self.first}")
+        if self.last is not None and self.last < self.first:
+            raise ValueError(f"Gap.last must be >= first, not {self.last} < {self.first}")
+
+
+def _check_number(value: int, what: str) -> None:
+    """Numbers of messages are integers >= 0 (docs/protocol.md section 3)."""
+    if value < 0:
+        raise ProtocolViolation(MALFORMED_CONTROL, f"{what}={value} is negative")
+
+
+class Outbound:
+    """The sending half of a session: numbering, the replay buffer, acks, resume.
+
+    The replay buffer holds the sent messages the peer has not acknowledged, at most
+    ``max_messages`` of them and ``max_bytes`` of payload. Recording a message past either
+    bound drops the oldest unacknowledged messages: memory stays bounded, and the only
+    trace is a higher :attr:`replay_from` (the peer reports the loss as a gap if it turns
+    out not to have them, docs/protocol.md section 4).
+
+    The buffer always holds the contiguous numbers ``replay_from .. sent``: a resend can
+    have a gap only at its start, which is all the protocol can express. Hence a single
+    message larger than ``max_bytes`` is numbered and sent but not kept, and it takes
+    every older unacknowledged message with it.
+
+    Args:
+        max_messages: Most unacknowledged messages kept (>= 1).
+        max_bytes: Most payload bytes kept (>= 1; UTF-8 length for ``str``, as given to
+            :meth:`record`).
+
+    Raises:
+        ValueError: A bound is below 1.
+    """
+
+    __slots__ = ("_buffer", "_max_bytes", "_max_messages", "acked", "sent", "size")
+
+    def __init__(self, max_messages: int, max_bytes: int) -> None:
+        if max_messages < 1:
+            raise ValueError(f"max_messages must be >= 1, not {max_messages}")
+        if max_bytes < 1:
+            raise ValueError(f"max_bytes must be >= 1, not {max_bytes}")
+        self._max_messages = max_messages
+        self._max_bytes = max_bytes
+        # (message, size) for the numbers replay_from .. sent, oldest first.
+        self._buffer: deque[tuple[Message, int]] = deque()
+        self.sent = 0
+        """The number of the last data message sent in this session (0: none yet)."""
+        self.acked = 0
+        """The highest number the peer acknowledged (by ``ack`` or its resume header)."""
+        self.size = 0
+        """Payload bytes in the replay buffer."""
+
+    @property
+    def count(self) -> int:
+        """Messages in the replay buffer."""
+        return len(self._buffer)
+
+    @property
+    def replay_from(self) -> int:
+        """The lowest number that can still be resent (``sent + 1`` when none can)."""
+        return self.sent - len(self._buffer) + 1
+
+    def record(self, message: Message, size: int) -> int:
+        """Number a data message being sent and keep it for replay.
+
+        Args:
+            message: The payload, as the application gave it.
+            size: Its size in bytes (see :func:`resilient_ws._outbox.payload_size`).
+
+        Returns:
+            The message's number in the session.
+        """
+        self.sent += 1
+        self._buffer.append((message, size))
+        self.size += size
+        # A message that alone exceeds max_bytes empties the buffer, itself included:
+        # keeping older ones behind a hole would make them useless for replay.
+        while len(self._buffer) > self._max_messages or self.size > self._max_bytes:
+            self._release_oldest()
+        return self.sent
+
+    def ack(self, number: int) -> None:
+        """Apply the peer's cumulative ``ack=number``: drop messages ``<= number``.
+
+        An ``ack`` equal to the previous one is legal and changes nothing.
+
+        Args:
+            number: The value of the ``ack`` field.
+
+        Raises:
+            ProtocolViolation: 4001 if ``number`` is negative; 4002 if it exceeds
+                :attr:`sent` or is below an earlier ack (docs/protocol.md section 3).
+        """
+        _check_number(number, "ack")
+        if number > self.sent:
+            raise ProtocolViolation(
+                ACK_OUT_OF_RANGE, f"ack={number} but only {self.sent} messages were sent"
+            )
+        if number < self.acked:
+            raise ProtocolViolation(
+                ACK_OUT_OF_RANGE, f"ack={number} is below the earlier ack={self.acked}"
+            )
+        self._release_through(number)
+
+    def resume(self, peer_received: int) -> tuple[Gap | None, list[tuple[int, Message]]]:
+        """Resume on a new link, given the peer's ``RWS-Received`` header.
+
+        The peer's ``received`` acknowledges everything up to it, so those messages leave
+        the buffer. Call this before recording any new message on the link.
+
+        Args:
+            peer_received: How many of our messages the peer has received in order.
+
+        Returns:
+            The gap the peer will report (``peer_received + 1 .. replay_from - 1``: those
+            messages were dropped on overflow), or ``None``; and the ``(number, message)``
+            pairs to resend first, in order (from ``max(peer_received + 1, replay_from)``).
+
+        Raises:
+            ProtocolViolation: 4001 if ``peer_received`` is negative; 4002 if it exceeds
+                :attr:`sent`, or is below :attr:`acked` (the peer cannot have received
+                fewer messages than it acknowledged).
+        """
+        _check_number(peer_received, "received")
+        if peer_received > self.sent:
+            raise ProtocolViolation(
+                ACK_OUT_OF_RANGE,
+                f"peer received={peer_received} but only {self.sent} messages were sent",
+            )
+        if peer_received < self.acked:
+            raise ProtocolViolation(
+                ACK_OUT_OF_RANGE,
+                f"peer received={peer_received} is below its earlier ack={self.acked}",
+            )
+        self._release_through(peer_received)
+        replay_from = self.replay_from
+        gap = Gap(peer_received + 1, replay_from - 1) if peer_received + 1 < replay_from else None
+        return gap, self.unacked()
+
+    def unacked(self) -> list[tuple[int, Message]]:
+        """The ``(number, message)`` pairs in the replay buffer, oldest first."""
+        first = self.replay_from
+        return [(first + index, message) for index, (message, _) in enumerate(self._buffer)]
+
+    def restart(self) -> list[tuple[int, Message]]:
+        """Start a new session after the old one was lost; numbering restarts at 0.
+
+        The messages still buffered are of unknown fate: the application decides (the
+        default is to send them again as the first messages of the new session, which
+        numbers them anew). Messages ``acked + 1 .. replay_from - 1`` were dropped on
+        overflow and are of unknown fate too; read :attr:`acked` and :attr:`replay_from`
+        before calling this to report them.
+
+        Returns:
+            What :meth:`unacked` returned: ``(old number, message)``, oldest first.
+        """
+        unacked = self.unacked()
+        self._buffer.clear()
+        self.size = 0
+        self.sent = 0
+        self.acked = 0
+        return unacked
+
+    def _release_through(self, number: int) -> None:
+        """Record ``number`` as acknowledged; drop buffered messages ``<= number``."""
+        self.acked = number
+        while self._buffer and self.replay_from <= number:
+            self._release_oldest()
+
+    def _release_oldest(self) -> None:
+        _, size = self._buffer.popleft()
+        self.size -= size
+
+
+class Inbound:
+    """The receiving half of a session: counting, coalesced acks, resume, session loss.
+
+    Args:
+        ack_every: Send an ``ack`` once this many messages are unacknowledged (>= 1).
+        ack_delay: Send an ``ack`` this many seconds after the first unacknowledged
+            message arrived, at the latest (>= 0).
+
+    Raises:
+        ValueError: ``ack_every`` below 1 or ``ack_delay`` negative.
+    """
+
+    __slots__ = ("_ack_delay", "_ack_every", "_first_unacked_at", "acked", "received")
+
+    def __init__(self, ack_every: int = 64, ack_delay: float = 0.2) -> None:
+        if ack_every < 1:
+            raise ValueError(f"ack_every must be >= 1, not {ack_every}")
+        if not ack_delay >= 0:
+            raise ValueError(f"ack_delay must be >= 0, not {ack_delay}")
+        self._ack_every = ack_every
+        self._ack_delay = ack_delay
+        self._first_unacked_at: float | None = None
+        self.received = 0
+        """How many of the peer's data messages were received (or reported lost) in order."""
+        self.acked = 0
+        """The last acknowledged value: sent as ``ack``, or implied by a resume header."""
+
+    @property
+    def unacked(self) -> int:
+        """Messages received since the last ``ack``."""
+        return self.received - self.acked
+
+    def deliver(self, now: float) -> int:
+        """Count the peer's next data message, which just arrived.
+
+        Args:
+            now: The current time, seconds on a monotonic clock.
+
+        Returns:
+            Its number in the session.
+        """
+        if self.received == self.acked:
+            self._first_unacked_at = now
+        self.received += 1
+        return self.received
+
+    def ack_deadline(self) -> float | None:
+        """When an ``ack`` is due by time, or ``None`` while nothing is unacknowledged."""
+        if self._first_unacked_at is None:
+            return None
+        return self._first_unacked_at + self._ack_delay
+
+    def ack_due(self, now: float) -> bool:
+        """Whether an ``ack`` should be sent now (by count or by time)."""
+        if self.unacked >= self._ack_every:
+            return True
+        deadline = self.ack_deadline()
+        return deadline is not None and now >= deadline
+
+    def take_ack(self) -> int:
+        """The ``ack`` value to send now; it counts as sent.
+
+        Also for a link closing gracefully (docs/protocol.md section 3). Taking it when
+        nothing is unacknowledged repeats the previous value, which the peer accepts.
+        """
+        self._acknowledge()
+        return self.received
+
+    def resume(self, peer_replay_from: int) -> Gap | None:
+        """Resume on a new link, given the peer's ``RWS-Replay-From`` header.
+
+        If the peer can no longer resend ``received + 1 ..`` (its buffer overflowed),
+        those messages are lost: they are returned as a gap, to report to the application
+        before the next message, and counted as received so numbering continues. Our own
+        ``RWS-Received`` header told the peer what we have, so nothing is left to ``ack``.
+
+        Args:
+            peer_replay_from: The lowest number the peer can still resend.
+
+        Returns:
+            The gap ``received + 1 .. peer_replay_from - 1``, or ``None``.
+
+        Raises:
+            ProtocolViolation: 4001 if ``peer_replay_from`` is negative, 4002 if it is 0
+                (the lowest possible value is ``sent + 1 >= 1``).
+        """
+        _check_number(peer_replay_from, "replay_from")
+        if peer_replay_from < 1:
+            raise ProtocolViolation(ACK_OUT_OF_RANGE, "replay_from=0: the lowest is 1")
+        gap = None
+        if self.received + 1 < peer_replay_from:
+            gap = Gap(self.received + 1, peer_replay_from - 1)
+            self.received = peer_replay_from - 1
+        self._acknowledge()
+        return gap
+
+    def lost(self) -> Gap:
+        """The session was lost (``RWS-Resumed: 0``): start a new one, numbering from 0.
+
+        Returns:
+            The gap to report: from ``received + 1``, end unknown.
+        """
+        gap = Gap(self.received + 1, None)
+        self.received = 0
+        self._acknowledge()
+        return gap
+
+    def _acknowledge(self) -> None:
+        self.acked = self.received
+        self._first_unacked_at = None
