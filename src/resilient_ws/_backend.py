@@ -11,6 +11,7 @@ import datetime
 import email.utils
 import functools
 import ssl
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from typing import Any, Literal, Protocol
@@ -264,8 +265,6 @@ def translate(exc: BaseException, now: float | None = None) -> LinkError:
     Raises:
         BaseException: ``exc`` itself when it is not a link failure (a bug, a cancellation).
     """
-    import time
-
     if isinstance(exc, LinkError):
         return exc
     if isinstance(exc, InvalidStatus):
