@@ -256,6 +256,7 @@ async def test_failover_to_backup_and_back_to_primary() -> None:
             dropped = await next_event(events, Disconnected)
             assert isinstance(dropped.cause, resilient_ws.LinkClosed)
             assert dropped.cause.code == 1001
+            assert dropped.verdict == "failback"
             back = await next_event(events, Connected)
             assert back.url == primary_url
             await ws.send("on primary")

@@ -92,6 +92,8 @@ class Supervisor:
         """Our own loop's lag, when the connection runs a monitor (evidence of a client stall)."""
         # The keepalive's diagnosis when it gave up on the current link.
         self._abandoned: Diagnosis | None = None
+        # We closed the current link ourselves to return to the primary URL.
+        self._failed_back = False
         self._urls = list(urls)
         self._backoff = backoff
         self._failover = failover
@@ -197,6 +199,7 @@ class Supervisor:
         url = self.url = self._urls[self._url_index]
         self.attempts += 1
         self._abandoned = None
+        self._failed_back = False
         attempt = self.failures + 1
         self._session._emit(
             Connecting(at=anyio.current_time(), url=redact_url(url), attempt=attempt)
@@ -275,6 +278,7 @@ class Supervisor:
             # On a backup for failback_after seconds: move back if the primary answers.
             if await self._primary_answers():
                 self._session._link_lost()
+                self._failed_back = True
                 reason = "failing back to the primary URL"
                 await _backend.close_link(raw, _GOING_AWAY, reason)
                 raise LinkClosed(_GOING_AWAY, reason)
@@ -311,6 +315,8 @@ class Supervisor:
     def _verdict(self, error: LinkError, opened: bool) -> str:
         if self._abandoned is not None:
             return self._abandoned.verdict.value
+        if self._failed_back:
+            return "failback"
         if not opened:
             return "unreachable"
         if isinstance(error, LinkClosed) and error.code != _backend.ABNORMAL_CLOSURE:

@@ -86,7 +86,8 @@ class Disconnected(Event):
             ``"network_dead"``, ``"server_stalled"`` (past ``max_server_stall``) or
             ``"unknown"`` (no TCP evidence, past ``unknown_timeout``). Otherwise
             ``"peer_closed"`` (a close frame came), ``"connection_lost"`` (the TCP
-            connection ended without one) or ``"unreachable"`` (the attempt never opened).
+            connection ended without one), ``"failback"`` (closed by the client to return
+            to the primary URL) or ``"unreachable"`` (the attempt never opened).
         uptime: Seconds the link had been open, ``None`` if it never opened.
     """
 
