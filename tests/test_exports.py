@@ -57,7 +57,7 @@ EXPECTED = [
     "serve",
 ]
 
-PUBLIC_MODULES = ["config", "events", "exceptions", "client", "server"]
+PUBLIC_MODULES = ["config", "events", "exceptions", "client", "server", "testing"]
 
 
 def test_all_is_exactly_the_expected_list() -> None:

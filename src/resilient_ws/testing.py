@@ -261,9 +261,10 @@ class FaultProxy:
         self._down_delay = 0.0
         self._blackholed = False
         self._links: set[_Link] = set()
-        self._server: asyncio.Server | None = None
+        self._listener: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._accepting: set[asyncio.Task[Any]] = set()
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -285,7 +286,8 @@ class FaultProxy:
     def __enter__(self) -> FaultProxy:
         if self._thread is not None:
             raise RuntimeError("a FaultProxy can be entered only once")
-        self._loop = asyncio.new_event_loop()
+        # A selector loop on every platform: the accept loop uses add_reader().
+        self._loop = asyncio.SelectorEventLoop()
         self._thread = threading.Thread(target=self._run, name="FaultProxy", daemon=True)
         self._thread.start()
         try:
@@ -346,21 +348,44 @@ class FaultProxy:
         """
         self._call(self._stop())
 
+    # The proxy accepts by itself rather than with loop.create_server(): on Python 3.11,
+    # a connection accepted just before Server.close() leaks its socket.
+
     async def _start(self) -> None:
-        if self._server is not None:
+        if self._listener is not None:
             return
-        self._server = await self._loop.create_server(self._accept, _HOST, self._port)
-        self._port = self._server.sockets[0].getsockname()[1]
+        listener = socket.create_server((_HOST, self._port))  # SO_REUSEADDR on POSIX
+        listener.setblocking(False)
+        self._port = listener.getsockname()[1]
+        self._loop.add_reader(listener.fileno(), self._on_acceptable, listener)
+        self._listener = listener
 
     async def _stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            self._server = None
+        if self._listener is not None:
+            self._loop.remove_reader(self._listener.fileno())
+            self._listener.close()
+            self._listener = None
         for link in list(self._links):
             link.abort(rst=False)
         for task in list(self._tasks):
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        # Not cancelled: each owns an accepted socket, which _accept() now drops.
+        await asyncio.gather(*self._tasks, *self._accepting, return_exceptions=True)
+
+    def _on_acceptable(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionAbortedError:  # that client is gone already
+                continue
+            except OSError:  # out of descriptors, say: try again when readable again
+                return
+            conn.setblocking(False)
+            task = self._loop.create_task(self._loop.connect_accepted_socket(self._accept, conn))
+            self._accepting.add(task)
+            task.add_done_callback(self._accepting.discard)
 
     # ---- faults ----------------------------------------------------------------------------
 
@@ -437,8 +462,8 @@ class FaultProxy:
 
     def _accept(self) -> asyncio.Protocol:
         link = _Link(self)
-        if self._server is None:
-            # Accepted by the kernel before stop(): dropped like the others.
+        if self._listener is None:
+            # Accepted before stop(): dropped like the others.
             link.abort(rst=False)
             return link.client
         self._links.add(link)
