@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import AsyncIterator
-from typing import TypeVar
 
 import anyio
 import pytest
 import structlog
 import trustme
+from _helpers import FAST, TIMEOUT, next_event
 from _servers import ProcessServer, ThreadServer, free_port
 from anyio import wait_all_tasks_blocked
 from websockets.asyncio.server import ServerConnection
@@ -30,20 +30,9 @@ from resilient_ws import (
 
 pytestmark = pytest.mark.anyio
 
-E = TypeVar("E", bound=Event)
-
-# Short delays keep the tests fast; the arithmetic itself is tested in test_backoff.py.
-FAST = Backoff(first_delay=0.01, base=0.05, max_delay=0.2)
-TIMEOUT = 20  # generous bound: only a real bug (a hang) exceeds it
 
 
-async def next_event(events: AsyncIterator[Event], kind: type[E]) -> E:
-    """Skip events until one of ``kind``, within TIMEOUT."""
-    with anyio.fail_after(TIMEOUT):
-        async for event in events:
-            if isinstance(event, kind):
-                return event
-    raise AssertionError(f"events ended before a {kind.__name__}")
+
 
 
 async def until_state(ws: resilient_ws.Connection, state: State) -> None:

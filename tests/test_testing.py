@@ -9,30 +9,15 @@ from __future__ import annotations
 import select
 import socket
 import threading
-from collections.abc import AsyncIterator
-from typing import TypeVar
 
 import anyio
 import pytest
+from _helpers import FAST, TIMEOUT, next_event
 from _servers import ThreadServer
 
 import resilient_ws
-from resilient_ws import Backoff, Connected, Disconnected, Event
+from resilient_ws import Connected, Disconnected
 from resilient_ws.testing import FaultProxy
-
-E = TypeVar("E", bound=Event)
-
-FAST = Backoff(first_delay=0.01, base=0.05, max_delay=0.2)
-TIMEOUT = 20.0
-
-
-async def next_event(events: AsyncIterator[Event], kind: type[E]) -> E:
-    """Skip events until one of ``kind``, within TIMEOUT."""
-    with anyio.fail_after(TIMEOUT):
-        async for event in events:
-            if isinstance(event, kind):
-                return event
-    raise AssertionError(f"events ended before a {kind.__name__}")
 
 
 async def echo(ws: resilient_ws.Connection, message: str) -> None:
