@@ -276,6 +276,8 @@ async def test_dropped_idle_link_is_network_dead_then_reconnects(
                 lost = await expect(events, Disconnected, within=DEAD_WITHIN, forbid=(PeerStalled,))
                 assert lost.verdict == "network_dead"
                 assert lost.uptime is not None
+                assert lost.timeout is not None
+                assert 0.3 <= lost.timeout <= 10.0  # within Keepalive's floor and ceiling
                 record("drop_to_verdict", lost.at - dropped_at)
                 # It keeps trying while the drop stands, each attempt bounded by open_timeout.
                 await expect(events, Reconnecting)

@@ -198,6 +198,7 @@ class Supervisor:
     async def _attempt(self) -> None:
         url = self.url = self._urls[self._url_index]
         self.attempts += 1
+        self.keepalive = None
         self._abandoned = None
         self._failed_back = False
         attempt = self.failures + 1
@@ -326,6 +327,8 @@ class Supervisor:
     def _link_failed(self, error: LinkError, url: str, uptime: float | None) -> None:
         fatal = self._classifier(error) == "fatal"
         verdict = self._verdict(error, uptime is not None)
+        keepalive = self.keepalive if uptime is not None else None
+        timeout = None if keepalive is None else keepalive.liveness.timeout
         stable = uptime is not None and uptime >= self._backoff.stable_after
         self.last_error = error
         if stable:
@@ -345,6 +348,7 @@ class Supervisor:
                 fatal=fatal,
                 verdict=verdict,
                 uptime=uptime,
+                timeout=timeout,
             )
         )
         log(
@@ -359,4 +363,5 @@ class Supervisor:
             fatal=fatal,
             verdict=verdict,
             uptime=uptime,
+            timeout=timeout,
         )

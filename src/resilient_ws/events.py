@@ -89,6 +89,8 @@ class Disconnected(Event):
             connection ended without one), ``"failback"`` (closed by the client to return
             to the primary URL) or ``"unreachable"`` (the attempt never opened).
         uptime: Seconds the link had been open, ``None`` if it never opened.
+        timeout: The keepalive's pong timeout on the link when it ended, seconds (``None``
+            if it never opened or without ``keepalive``).
     """
 
     url: str
@@ -96,6 +98,7 @@ class Disconnected(Event):
     fatal: bool
     verdict: str
     uptime: float | None
+    timeout: float | None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
