@@ -262,6 +262,23 @@ async def test_without_tcp_info_a_dead_link_is_unknown_after_unknown_timeout(
 
 
 @pytest.mark.root
+async def test_network_dead_moves_on_to_the_next_url(firewall: Firewall) -> None:
+    with StallServer() as primary, StallServer() as backup:
+        urls = [primary.url, backup.url]
+        async with resilient_ws.connect(urls=urls, backoff=FAST, open_timeout=OPEN_TIMEOUT) as ws:
+            events = ws.events()
+            first = await expect(events, Connected)
+            assert first.url == primary.url
+            with firewall.drop(primary.port):
+                lost = await expect(events, Disconnected, within=DEAD_WITHIN, forbid=(PeerStalled,))
+                assert lost.verdict == "network_dead"
+                # Straight to the backup: no attempt is wasted on the dead path first.
+                moved = await expect(events, Connected, forbid=(Disconnected,))
+                assert moved.url == backup.url
+                await echo(ws, "on the backup")
+
+
+@pytest.mark.root
 async def test_dropped_idle_link_is_network_dead_then_reconnects(
     firewall: Firewall, record: Record
 ) -> None:

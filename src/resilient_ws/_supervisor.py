@@ -24,7 +24,7 @@ from ._classify import Classifier
 from ._keepalive import LinkKeepalive
 from ._lag import LoopLagMonitor
 from ._link import Link, OnConnect
-from ._liveness import Diagnosis
+from ._liveness import Diagnosis, Verdict
 from ._logging import log, redact_url
 from .config import Backoff, Failover, Keepalive
 from .events import Connected, Connecting, Disconnected, Event, Reconnecting
@@ -336,9 +336,12 @@ class Supervisor:
         self.failures += 1
         if self._failing_since is None:
             self._failing_since = anyio.current_time()
-        # A stable link that dropped starts again from the primary; a failed attempt
-        # (or a link that did not stay up) moves on to the next URL.
-        self._url_index = 0 if stable else (self._url_index + 1) % len(self._urls)
+        # A failed attempt, a link that did not stay up, or a dead network path moves on to
+        # the next URL; another stable link that dropped starts again from the primary.
+        if stable and verdict != Verdict.NETWORK_DEAD.value:
+            self._url_index = 0
+        else:
+            self._url_index = (self._url_index + 1) % len(self._urls)
         self._session._link_lost()
         self._session._emit(
             Disconnected(
