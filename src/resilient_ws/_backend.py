@@ -12,7 +12,7 @@ import email.utils
 import functools
 import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from typing import Any, Literal, Protocol
 
@@ -28,7 +28,7 @@ from websockets.exceptions import (
 from websockets.frames import Opcode
 from websockets.uri import parse_uri
 
-from ._protocol import Beacon, decode_beacon
+from ._protocol import BEACON_PREFIX, Beacon, ControlError, beacon_of, decode_control
 from .exceptions import (
     HandshakeFailed,
     HandshakeRejected,
@@ -41,16 +41,21 @@ from .exceptions import (
 
 __all__ = [
     "ConnectionClosed",
+    "ControlHandler",
     "RawLink",
     "abort_link",
     "check_url",
     "close_link",
     "connection_class",
+    "header_dict",
     "is_trio",
     "link_closed_error",
+    "offer_subprotocol",
     "open_link",
     "parse_retry_after",
+    "response_headers",
     "ping",
+    "pong",
     "translate",
     "wait_link_closed",
 ]
@@ -58,7 +63,7 @@ __all__ = [
 # RFC 6455 section 7.4.1: 1006 is reserved for "closed without a close frame".
 ABNORMAL_CLOSURE = 1006
 # Longest wait for websockets to finish closing a link we are leaving.
-_EXIT_TIMEOUT = 5.0
+EXIT_TIMEOUT = 5.0
 
 
 class RawLink(Protocol):
@@ -79,6 +84,18 @@ class RawLink(Protocol):
     @property
     def last_beacon(self) -> Beacon | None:
         """The peer's last lag beacon, if it sends them."""
+    control: ControlHandler | None
+    """Where control messages go, on a link that negotiated the replay protocol."""
+
+
+class ControlHandler(Protocol):
+    """Receives the replay protocol's control messages of one link (``_replaylink``)."""
+
+    def on_control(self, fields: Mapping[str, float]) -> None:
+        """A control message with these fields arrived."""
+
+    def malformed(self, error: ControlError) -> None:
+        """A control message could not be decoded."""
 
 
 def check_url(url: str) -> str:
@@ -98,21 +115,37 @@ def check_url(url: str) -> str:
 
 class _Recording:
     """Mixed into websockets' connection classes: notes when each frame arrives (any
-    inbound frame is proof of life) and keeps the last lag beacon from the peer."""
+    inbound frame is proof of life), keeps the last lag beacon from the peer, and hands
+    control messages to :attr:`control` on replay links."""
 
     last_inbound = 0.0
     last_beacon: Beacon | None = None
+    control: ControlHandler | None = None
 
     def _now(self) -> float:
         raise NotImplementedError
 
     def process_event(self, event: Any) -> None:
         self.last_inbound = self._now()
-        if getattr(event, "opcode", None) is Opcode.PONG:
-            beacon = decode_beacon(event.data)
-            if beacon is not None:
-                self.last_beacon = beacon
+        # Handshake events (Request, Response) come through here too: they have no opcode.
+        if getattr(event, "opcode", None) is Opcode.PONG and event.data.startswith(BEACON_PREFIX):
+            self._control(bytes(event.data))
         super().process_event(event)  # type: ignore[misc]
+
+    def _control(self, data: bytes) -> None:
+        try:
+            fields = decode_control(data)
+        except ControlError as exc:
+            # Only a peer that negotiated the protocol is held to its grammar.
+            if self.control is not None:
+                self.control.malformed(exc)
+            return
+        assert fields is not None  # the prefix was checked
+        beacon = beacon_of(fields)
+        if beacon is not None:
+            self.last_beacon = beacon
+        if self.control is not None:
+            self.control.on_control(fields)
 
 
 def _asyncio_now(self: Any) -> float:
@@ -179,10 +212,41 @@ async def open_link(url: str, options: dict[str, Any]) -> AsyncIterator[RawLink]
         # A broken link may fail to close; how it broke is reported by the caller.
         with (
             anyio.CancelScope(shield=True),
-            anyio.move_on_after(_EXIT_TIMEOUT),
+            anyio.move_on_after(EXIT_TIMEOUT),
             suppress(Exception),
         ):
             await manager.__aexit__(None, None, None)
+
+
+def offer_subprotocol(
+    options: dict[str, Any], subprotocol: str, headers: Mapping[str, str]
+) -> dict[str, Any]:
+    """``options`` for websockets' ``connect`` that offer ``subprotocol`` first and add
+    ``headers`` to the application's ``additional_headers`` (replacing same-named ones)."""
+    from websockets.datastructures import Headers
+
+    extra = Headers(options.get("additional_headers") or {})
+    for name, value in headers.items():
+        if name in extra:
+            del extra[name]
+        extra[name] = value
+    offered = [subprotocol, *(options.get("subprotocols") or ())]
+    return {**options, "additional_headers": extra, "subprotocols": offered}
+
+
+def header_dict(headers: Any) -> dict[str, str]:
+    """websockets ``Headers`` as a dict with lowercase names; a repeated header maps to
+    ``""``, which the replay protocol's parsers reject as malformed."""
+    result: dict[str, str] = {}
+    for name, value in headers.raw_items():
+        key = name.lower()
+        result[key] = "" if key in result else value
+    return result
+
+
+def response_headers(raw: RawLink) -> dict[str, str]:
+    """The opening handshake's response headers (see :func:`header_dict`)."""
+    return header_dict(getattr(raw, "response").headers)  # noqa: B009
 
 
 async def close_link(raw: RawLink, code: int, reason: str) -> None:
@@ -204,6 +268,15 @@ async def ping(raw: RawLink) -> Callable[[], Awaitable[object]]:
     # trio answers with an Event, asyncio with a Future.
     wait: Callable[[], Awaitable[object]] = getattr(waiter, "wait", None) or (lambda: waiter)
     return wait
+
+
+async def pong(raw: RawLink, data: bytes) -> None:
+    """Send an unsolicited pong carrying ``data`` (a control message).
+
+    Raises:
+        ConnectionClosed: The link is closed.
+    """
+    await getattr(raw, "pong")(data)  # noqa: B009 - not part of RawLink's protocol
 
 
 def abort_link(raw: RawLink) -> None:

@@ -37,8 +37,8 @@ def default_classifier(error: LinkError) -> Decision:
 
     Fatal: HTTP 4xx at the handshake except 408/425/429 (so 400, 401, 403, 404 among others),
     a certificate that does not verify, a handshake that cannot be negotiated, an
-    ``on_connect`` hook that raised, and close codes 1003 (unsupported data) and 1008
-    (policy violation).
+    ``on_connect`` hook that raised, and close codes 1003 (unsupported data), 1008 (policy
+    violation) and 4003 (the replay session was taken over by a newer link).
 
     Transient: everything else, notably refused or reset connections, timeouts, 5xx and 429
     answers, and close codes 1000, 1001, 1006, 1011, 1012 and 1013.

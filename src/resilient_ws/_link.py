@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
 
 from . import _backend
 from ._backend import RawLink
@@ -23,16 +26,21 @@ class Link:
         subprotocol: The negotiated subprotocol, if any.
     """
 
-    __slots__ = ("_raw", "number", "subprotocol", "url")
+    __slots__ = ("_raw", "_replay", "number", "subprotocol", "url")
 
-    def __init__(self, raw: RawLink, url: str, number: int) -> None:
+    def __init__(self, raw: RawLink, url: str, number: int, replay: Any = None) -> None:
         self._raw = raw
+        # The link's ReplayLink when it speaks the replay protocol: its messages are
+        # numbered like any other.
+        self._replay = replay
         self.url = url
         self.number = number
         self.subprotocol = raw.subprotocol
 
     async def send(self, message: Message) -> None:
         """Send one message on this link, ahead of anything queued."""
+        if self._replay is not None:
+            self._replay.record(message)
         try:
             await self._raw.send(message)
         except _backend.ConnectionClosed as exc:
@@ -41,9 +49,12 @@ class Link:
     async def recv(self) -> Message:
         """Receive one message on this link (a reply to authentication, say)."""
         try:
-            return await self._raw.recv()
+            message = await self._raw.recv()
         except _backend.ConnectionClosed as exc:
             raise _backend.translate(exc) from exc
+        if self._replay is not None:
+            self._replay.delivered(anyio.current_time())
+        return message
 
 
 OnConnect = Callable[[Link], Awaitable[None]]

@@ -179,19 +179,21 @@ def resume_headers(resume: Resume) -> dict[str, str]:
 
 
 def parse_resume(headers: Mapping[str, str]) -> Resume | None:
-    """The resume request in handshake headers; ``None`` for a new session.
+    """The resume request in handshake headers (names in any case); ``None`` for a new
+    session.
 
     Raises:
         ControlError: The headers are present but malformed.
     """
-    session = headers.get("RWS-Session")
+    headers = _lowercase(headers)
+    session = headers.get("rws-session")
     if session is None:
         return None
     return Resume(
         session=_opaque(session, "RWS-Session"),
-        token=_opaque(headers.get("RWS-Token"), "RWS-Token"),
-        received=_count(headers.get("RWS-Received"), "RWS-Received"),
-        replay_from=_count(headers.get("RWS-Replay-From"), "RWS-Replay-From", minimum=1),
+        token=_opaque(headers.get("rws-token"), "RWS-Token"),
+        received=_count(headers.get("rws-received"), "RWS-Received"),
+        replay_from=_count(headers.get("rws-replay-from"), "RWS-Replay-From", minimum=1),
     )
 
 
@@ -212,16 +214,22 @@ def parse_grant(headers: Mapping[str, str]) -> Grant:
     Raises:
         ControlError: A header is missing or malformed.
     """
-    resumed = headers.get("RWS-Resumed")
+    headers = _lowercase(headers)
+    resumed = headers.get("rws-resumed")
     if resumed not in ("0", "1"):
         raise ControlError("RWS-Resumed must be 0 or 1")
     return Grant(
-        session=_opaque(headers.get("RWS-Session"), "RWS-Session"),
-        token=_opaque(headers.get("RWS-Token"), "RWS-Token"),
+        session=_opaque(headers.get("rws-session"), "RWS-Session"),
+        token=_opaque(headers.get("rws-token"), "RWS-Token"),
         resumed=resumed == "1",
-        received=_count(headers.get("RWS-Received"), "RWS-Received"),
-        replay_from=_count(headers.get("RWS-Replay-From"), "RWS-Replay-From", minimum=1),
+        received=_count(headers.get("rws-received"), "RWS-Received"),
+        replay_from=_count(headers.get("rws-replay-from"), "RWS-Replay-From", minimum=1),
     )
+
+
+def _lowercase(headers: Mapping[str, str]) -> dict[str, str]:
+    # Header names are case-insensitive (RFC 9110 section 5.1).
+    return {name.lower(): value for name, value in headers.items()}
 
 
 def _opaque(value: str | None, name: str) -> str:

@@ -53,6 +53,18 @@ class Session(Protocol):
     def _closing(self) -> bool:
         """The application asked to close."""
 
+    def _link_options(self, options: dict[str, Any]) -> dict[str, Any]:
+        """websockets options for the next attempt (the replay protocol's offer)."""
+
+    async def _begin_link(self, raw: RawLink, number: int) -> bool:
+        """Set up a new link (resume the replay session); whether ``on_connect`` runs."""
+
+    async def _run_link(self, raw: RawLink) -> None:
+        """The session's own work on a published link, until it ends (acks)."""
+
+    def _numbering(self, raw: RawLink) -> Any:
+        """The replay protocol on ``raw`` (a ``ReplayLink``), or ``None``."""
+
     async def _flush(self, raw: RawLink) -> int:
         """Send the queued messages on ``raw``; raise LinkError if it dies."""
 
@@ -213,7 +225,8 @@ class Supervisor:
         )
         opened_at: float | None = None
         try:
-            async with _backend.open_link(url, self._options) as raw:
+            options = self._session._link_options(self._options)
+            async with _backend.open_link(url, options) as raw:
                 opened_at = anyio.current_time()
                 await self._serve_link(raw, url)
         except LinkError as error:
@@ -228,9 +241,10 @@ class Supervisor:
         """
         self.links += 1
         number = self.links
-        if self._on_connect is not None:
+        run_hook = await self._session._begin_link(raw, number)
+        if self._on_connect is not None and run_hook:
             try:
-                await self._on_connect(Link(raw, url, number))
+                await self._on_connect(Link(raw, url, number, self._session._numbering(raw)))
             except LinkError:
                 raise
             except Exception as exc:
@@ -286,6 +300,12 @@ class Supervisor:
 
     async def _watch(self, raw: RawLink) -> None:
         """Return when the link is closed; the keepalive may abort it first."""
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(self._session._run_link, raw)
+            await self._keep_alive(raw)
+            tasks.cancel_scope.cancel()
+
+    async def _keep_alive(self, raw: RawLink) -> None:
         if self._keepalive is None:
             await _backend.wait_link_closed(raw)
             return

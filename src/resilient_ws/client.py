@@ -9,6 +9,7 @@ state table, the backoff arithmetic, the classifier and the outbox.
 
 from __future__ import annotations
 
+import logging
 import secrets
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
@@ -27,16 +28,29 @@ from ._lag import LoopLagMonitor
 from ._link import Link, OnConnect
 from ._logging import log, redact_url
 from ._outbox import Message, Outbox, payload_size
+from ._protocol import SUBPROTOCOL, ControlError, parse_grant
+from ._replay import ProtocolViolation
+from ._replaylink import ReplayLink
+from ._resume import ClientSession, Resumption
 from ._state import Input, State, StateMachine
 from ._supervisor import Supervisor
 from ._sync import Signal
-from .config import Backoff, Failover, Keepalive, SendQueue
-from .events import Closed, Event, InboundDropped, MessagesDropped
+from .config import Backoff, Failover, Keepalive, Replay, SendQueue
+from .events import (
+    Closed,
+    Event,
+    Gap,
+    InboundDropped,
+    MessagesDropped,
+    Resumed,
+    SessionLost,
+)
 from .exceptions import (
     ConcurrencyError,
     ConnectionClosed,
     ConnectionClosedOK,
     ConnectionFailed,
+    LinkClosed,
     LinkError,
     QueueFull,
 )
@@ -83,6 +97,11 @@ class ConnectionStats:
         peer_lag: Event-loop lag the server last reported, seconds, or ``None``.
         peer_stall: How long the server's last loop stall lasted, by its own report
             (``resilient_ws.serve()`` beacons), seconds, or ``None``.
+        session_id: The replay session's id, or ``None`` while the server does not speak
+            the replay protocol (or ``replay=None``).
+        resent: Messages sent again on resumed links because the server lacked them.
+        gaps: :class:`~resilient_ws.Gap` events reported.
+        unacked: Sent messages the server has not acknowledged yet (replay buffer).
     """
 
     state: str
@@ -104,6 +123,10 @@ class ConnectionStats:
     stalled_for: float | None
     peer_lag: float | None
     peer_stall: float | None
+    session_id: str | None
+    resent: int
+    gaps: int
+    unacked: int
 
 
 class Connection:
@@ -130,6 +153,7 @@ class Connection:
         on_connect: OnConnect | None,
         classifier: Classifier,
         keepalive: Keepalive | None,
+        replay: Replay | None,
         options: dict[str, Any],
     ) -> None:
         checked = [_backend.check_url(url) for url in urls]
@@ -154,8 +178,14 @@ class Connection:
         self.undelivered: list[Message] = []
         """Messages still queued when the connection closed for good, oldest first."""
 
-        # Links whose messages recv() still has to return, oldest first, with their numbers.
-        self._links: deque[tuple[RawLink, int]] = deque()
+        # Links whose messages recv() still has to return, oldest first, with their numbers
+        # and, on replay links, their ReplayLink.
+        self._links: deque[tuple[RawLink, int, ReplayLink | None]] = deque()
+        self._replay_policy = replay
+        self._session = None if replay is None else ClientSession(replay)
+        # The current link's replay protocol, while the link speaks it.
+        self._replay_link: ReplayLink | None = None
+        self._resent = self._gaps = 0
         # The link that send() writes to directly; None while down or flushing.
         self._live: RawLink | None = None
         # The live link while send() may write to it directly, else None (_refresh_fast).
@@ -167,7 +197,6 @@ class Connection:
         self._close_reason = ""
 
         self._sent = self._received = self._dropped = 0
-
 
         # Created in __aenter__: anyio primitives need a running event loop.
         self._changed: Signal
@@ -199,6 +228,10 @@ class Connection:
             queued_bytes=self._outbox.size,
             dropped=self._dropped,
             last_error=None if supervisor.last_error is None else str(supervisor.last_error),
+            session_id=None if self._session is None else self._session.id,
+            resent=self._resent,
+            gaps=self._gaps,
+            unacked=0 if self._session is None else self._session.outbound.count,
             **self._liveness_stats(),
         )
 
@@ -224,10 +257,11 @@ class Connection:
     async def send(self, message: Message) -> None:
         """Send a message, or queue it while the link is down.
 
-        Messages from one task are sent in order, across reconnects. Without a replay
-        protocol, a message in flight when a link dies is sent again on the next link, so
-        the peer may see it twice, and messages already in TCP buffers may be lost (see the
-        README).
+        Messages from one task are sent in order, across reconnects. When the server
+        speaks the replay protocol each message is delivered exactly once, or reported lost
+        (:class:`~resilient_ws.SessionLost`). Without it, a message in flight when a link
+        dies is sent again on the next link, so the peer may see it twice, and messages
+        already in TCP buffers may be lost (see ``docs/protocol.md`` section 8).
 
         Args:
             message: ``str`` for a text frame, ``bytes`` for a binary frame.
@@ -244,11 +278,16 @@ class Connection:
             raw = await self._send_slow(message)
             if raw is None:
                 return  # queued
+        replay = self._replay_link  # the live link's, if it speaks the protocol
+        if replay is not None:
+            replay.record(message)
         try:
             await raw.send(message)
         except _backend.ConnectionClosed:
-            # The link died under this send: keep the message for the next link.
-            self._outbox.appendleft(message, payload_size(message))
+            # The link died under this send: the replay buffer has the message, or keep
+            # it for the next link.
+            if replay is None:
+                self._outbox.appendleft(message, payload_size(message))
             if self._live is raw:
                 self._set_live(None)
             elif self._live is not None:
@@ -304,7 +343,7 @@ class Connection:
         try:
             while True:
                 if self._links:
-                    raw, _ = self._links[0]
+                    raw, _, replay = self._links[0]
                     try:
                         message = await raw.recv()
                     except _backend.ConnectionClosed:
@@ -312,6 +351,10 @@ class Connection:
                         if self._links and self._links[0][0] is raw:
                             self._links.popleft()
                         continue
+                    if replay is not None:
+                        if replay.retired:
+                            continue  # not acknowledged: the server resends it
+                        replay.delivered(anyio.current_time())
                     self._received += 1
                     return message
                 if self._error is not None:
@@ -429,14 +472,18 @@ class Connection:
         self._flushing = True
         self._refresh_fast()
         count = 0
+        replay = self._numbering(raw)
         try:
             while self._outbox:
                 message, size = self._outbox.popleft()
                 self._changed.notify()  # room for senders waiting on a full queue
+                if replay is not None:
+                    replay.record(message)
                 try:
                     await raw.send(message)
                 except _backend.ConnectionClosed:
-                    self._outbox.appendleft(message, size)
+                    if replay is None:
+                        self._outbox.appendleft(message, size)
                     if self._live is raw:
                         self._set_live(None)
                     raise _backend.link_closed_error(raw) from None
@@ -460,15 +507,130 @@ class Connection:
     def _closing(self) -> bool:
         return self._machine.state is State.CLOSING
 
+    def _link_options(self, options: dict[str, Any]) -> dict[str, Any]:
+        if self._session is None:
+            return options
+        return _backend.offer_subprotocol(options, SUBPROTOCOL, self._session.headers())
+
+    def _numbering(self, raw: RawLink) -> ReplayLink | None:
+        replay = self._replay_link
+        return replay if replay is not None and replay.raw is raw else None
+
+    async def _begin_link(self, raw: RawLink, number: int) -> bool:
+        session = self._session
+        if session is None:
+            return True
+        if raw.subprotocol != SUBPROTOCOL:
+            # The server no longer speaks the protocol: the session cannot be resumed.
+            lost = session.lost()
+            if lost is not None:
+                self._report_loss(lost)
+            return True
+        try:
+            resumption = session.grant(parse_grant(_backend.response_headers(raw)))
+        except (ControlError, ProtocolViolation) as exc:
+            code, reason = exc.code, str(exc)[:120]
+            log("protocol_violated", connection_id=self.connection_id, code=code, reason=reason)
+            await _backend.close_link(raw, code, reason)
+            raise LinkClosed(code, reason) from exc
+        assert self._replay_policy is not None
+        replay = self._replay_link = ReplayLink(
+            raw,
+            session.outbound,
+            session.inbound,
+            ack_every=self._replay_policy.ack_every,
+            log_fields={"connection_id": self.connection_id, "session_id": resumption.session_id},
+        )
+        if not resumption.resumed:
+            self._report_loss(resumption)
+            return True
+        self._report_gap(resumption, "overflow")
+        for message in resumption.resend:
+            try:
+                await raw.send(message)
+            except _backend.ConnectionClosed:
+                raise _backend.link_closed_error(raw) from None
+        resent = len(resumption.resend)
+        self._resent += resent
+        self._emit(
+            Resumed(at=anyio.current_time(), session_id=resumption.session_id, link=number,
+                    resent=resent)
+        )  # fmt: skip
+        log(
+            "session_resumed",
+            connection_id=self.connection_id,
+            session_id=resumption.session_id,
+            link=number,
+            resent=resent,
+        )
+        assert replay.raw is raw
+        return False
+
+    def _report_gap(self, resumption: Resumption, reason: str) -> None:
+        gap = resumption.gap
+        if gap is None:
+            return
+        session_id = resumption.lost_session or resumption.session_id
+        self._gaps += 1
+        self._emit(
+            Gap(at=anyio.current_time(), session_id=session_id, first=gap.first,
+                last=gap.last, reason=reason)
+        )  # fmt: skip
+        log(
+            "messages_lost",
+            logging.WARNING,
+            connection_id=self.connection_id,
+            session_id=session_id,
+            first=gap.first,
+            last=gap.last,
+            reason=reason,
+        )
+
+    def _report_loss(self, resumption: Resumption) -> None:
+        """A session was lost: report the gap and the messages of unknown fate."""
+        if resumption.lost_session is None:
+            return
+        self._report_gap(resumption, "session_lost")
+        unacked = resumption.unacked
+        resend = self._replay_policy is not None and self._replay_policy.resend_on_loss
+        if resend:
+            for message in reversed(unacked):
+                self._outbox.appendleft(message, payload_size(message))
+            self._refresh_fast()
+        count = len(unacked) + resumption.overflowed
+        resent = len(unacked) if resend else 0
+        self._emit(
+            SessionLost(at=anyio.current_time(), session_id=resumption.lost_session,
+                        unacked=count, resent=resent)
+        )  # fmt: skip
+        log(
+            "session_lost",
+            logging.WARNING,
+            connection_id=self.connection_id,
+            session_id=resumption.lost_session,
+            unacked=count,
+            resent=resent,
+        )
+
+    async def _run_link(self, raw: RawLink) -> None:
+        replay = self._numbering(raw)
+        if replay is not None:
+            await replay.run()
+
     async def _publish(self, raw: RawLink, number: int) -> None:
         # The caller flushed the queue without an await since: nothing can have been
         # queued in between, so a direct send now keeps order.
-        self._links.append((raw, number))
+        self._links.append((raw, number, self._numbering(raw)))
         self._machine.apply(Input.LINK_UP)
         self._set_live(raw)
         await self._drop_unread_links()
 
     def _link_lost(self) -> None:
+        replay, self._replay_link = self._replay_link, None
+        if replay is not None:
+            # What the link still buffers was not acknowledged: the server resends it.
+            replay.retire()
+            self._links = deque(entry for entry in self._links if entry[2] is not replay)
         self._set_live(None)
         if self._machine.state is not State.CLOSING:
             self._machine.apply(Input.LINK_DOWN)
@@ -479,6 +641,9 @@ class Connection:
         with suppress(LinkError):
             await self._flush(raw)
         self._set_live(None)
+        replay = self._numbering(raw)
+        if replay is not None:
+            await replay.send_ack()  # the last ack: the session ends with the link
         await _backend.close_link(raw, self._close_code, self._close_reason)
 
     async def _drop_unread_links(self) -> None:
@@ -490,7 +655,7 @@ class Connection:
         while len(self._links) > _MAX_ENDED_LINKS + 1:
             # recv() may be reading the oldest link right now; leave that one to it.
             index = 1 if self._receiving else 0
-            raw, number = self._links[index]
+            raw, number, _ = self._links[index]
             del self._links[index]
             count = 0
             # An ended link returns what it buffered at once, then raises.
@@ -535,6 +700,7 @@ def connect(
     failover: Failover = Failover(),
     send_queue: SendQueue = SendQueue(),
     keepalive: Keepalive | None = Keepalive(),
+    replay: Replay | None = Replay(),
     on_connect: OnConnect | None = None,
     classifier: Classifier = default_classifier,
     compression: str | None = None,
@@ -554,7 +720,13 @@ def connect(
         keepalive: Adaptive probing and the stall/dead-network verdict; it replaces
             websockets' fixed ping interval and timeout. ``None`` leaves websockets' own
             keepalive (``ping_interval``, ``ping_timeout``) in charge.
+        replay: The replay protocol, offered to the server on every link: against
+            ``resilient_ws.serve()`` the session survives reconnects with nothing lost or
+            duplicated, or every loss reported (:class:`~resilient_ws.Gap`). A server that
+            does not speak it gets an ordinary connection. ``None`` does not offer it.
         on_connect: Async hook run after every (re)connect, before queued messages flush.
+            On a link that resumed a replay session it does not run: the session, with
+            its subscriptions, carried over.
         classifier: Decides whether a :class:`~resilient_ws.LinkError` is fatal.
         compression: ``None`` (default) or ``"deflate"``. Off by default: permessage-deflate
             costs about 20 times the CPU on 16 KiB messages.
@@ -584,5 +756,6 @@ def connect(
         on_connect=on_connect,
         classifier=classifier,
         keepalive=keepalive,
+        replay=replay,
         options={"compression": compression, **websockets_options},
     )

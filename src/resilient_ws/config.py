@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["Backoff", "Failover", "Keepalive", "SendQueue", "WhenFull"]
+__all__ = ["Backoff", "Failover", "Keepalive", "Replay", "SendQueue", "WhenFull"]
 
 WhenFull = Literal["wait", "raise", "drop_oldest"]
 """What ``send()`` does when the send queue is full (see :class:`SendQueue`)."""
@@ -150,3 +150,37 @@ class Keepalive:
         _require(self.max_server_stall >= 0, "max_server_stall must be >= 0")
         _require(self.unknown_timeout >= self.min_timeout, "unknown_timeout must be >= min_timeout")
         _require(self.client_lag > 0, "client_lag must be > 0")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Replay:
+    """The replay protocol's settings for one side of a session (``docs/protocol.md``).
+
+    Sent messages are kept until the peer acknowledges them, so that a new link resends
+    exactly what the peer lacks. Past either bound the oldest unacknowledged messages are
+    dropped: memory stays bounded, and if the peer turns out to lack them it is told the
+    exact range (a :class:`~resilient_ws.Gap` event on a client).
+
+    Attributes:
+        max_messages: Most unacknowledged sent messages kept for resending.
+        max_bytes: Most payload bytes of them (UTF-8 length for ``str``).
+        ack_every: Acknowledge the peer's messages once this many are unacknowledged.
+        ack_delay: ... or this many seconds after the first unacknowledged one arrived.
+        resend_on_loss: When the server lost the session (it restarted, or the session
+            expired), send the messages it had not acknowledged again as the first
+            messages of the new session: at-least-once for them rather than at-most-once.
+            Either way they are reported in a :class:`~resilient_ws.SessionLost` event.
+            Client only.
+    """
+
+    max_messages: int = 1024
+    max_bytes: int = 4 * 1024 * 1024
+    ack_every: int = 64
+    ack_delay: float = 0.2
+    resend_on_loss: bool = True
+
+    def __post_init__(self) -> None:
+        _require(self.max_messages >= 1, "max_messages must be >= 1")
+        _require(self.max_bytes >= 1, "max_bytes must be >= 1")
+        _require(self.ack_every >= 1, "ack_every must be >= 1")
+        _require(self.ack_delay >= 0, "ack_delay must be >= 0")

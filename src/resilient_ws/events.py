@@ -23,11 +23,14 @@ __all__ = [
     "Disconnected",
     "Event",
     "EventsMissed",
+    "Gap",
     "InboundDropped",
     "MessagesDropped",
     "PeerRecovered",
     "PeerStalled",
     "Reconnecting",
+    "Resumed",
+    "SessionLost",
 ]
 
 
@@ -196,3 +199,62 @@ class EventsMissed(Event):
     """
 
     count: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Resumed(Event):
+    """A new link resumed the replay session: each side resends what the other lacks.
+
+    Attributes:
+        session_id: The server's id of the session.
+        link: The link number (as in :class:`Connected`).
+        resent: How many of our messages were sent again because the server lacked them.
+    """
+
+    session_id: str
+    link: int
+    resent: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Gap(Event):
+    """Messages from the server that will never arrive: replay could not cover them.
+
+    Emitted before the first message after the gap is returned by ``recv()``. Messages
+    are numbered per session from 1 (see ``docs/protocol.md``): ``first`` is the number
+    after the last message ``recv()`` returned in the session.
+
+    Attributes:
+        session_id: The session the lost messages belonged to.
+        first: The first lost message number.
+        last: The last lost message number, or ``None`` when the end is unknown: the
+            server lost the session (see :class:`SessionLost`) and a new one starts.
+        reason: ``"overflow"`` (the server's replay buffer dropped them) or
+            ``"session_lost"``.
+    """
+
+    session_id: str
+    first: int
+    last: int | None
+    reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SessionLost(Event):
+    """The server no longer had the replay session; a new session started.
+
+    The server restarted, the session expired (``ttl``), or it refused the resume token.
+    A :class:`Gap` with an unknown end precedes this event.
+
+    Attributes:
+        session_id: The lost session's id.
+        unacked: Messages we sent that the server had not acknowledged: they may or may
+            not have reached the application on the server.
+        resent: How many of them are sent again in the new session
+            (``Replay.resend_on_loss``); the others were already dropped from the replay
+            buffer on overflow.
+    """
+
+    session_id: str
+    unacked: int
+    resent: int

@@ -13,14 +13,22 @@ and, for the whole server, a :class:`~resilient_ws.LoopLagMonitor` and a
 :class:`~resilient_ws.StallWatchdog` that logs ``resilient_ws.loop_stalled`` naming the code
 that blocked the loop.
 
-The handler gets websockets' own connection object (``ServerConnection`` of
-``websockets.asyncio.server`` or ``websockets.trio.server``).
+Clients that offer the replay protocol (``docs/protocol.md``) get sessions that survive
+their reconnects: the handler runs once per :class:`ServerSession`, not once per link.
+Session ids, tokens and the per-session replay state live in a
+:class:`~resilient_ws.SessionStore`; resume requests are admitted while websockets builds
+the handshake response (``process_response``), so the grant headers describe exactly the
+state the new link starts from.
 """
 
 from __future__ import annotations
 
 import functools
+import http
+import logging
+import math
 import secrets
+import weakref
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any
@@ -31,12 +39,31 @@ import anyio.abc
 from . import _backend
 from ._keepalive import LinkKeepalive
 from ._lag import LoopLagMonitor, StallWatchdog
-from ._protocol import Beacon, encode_beacon
-from .config import Keepalive
+from ._logging import log
+from ._protocol import (
+    SUBPROTOCOL,
+    Beacon,
+    ControlError,
+    Grant,
+    Resume,
+    encode_beacon,
+    grant_headers,
+    parse_resume,
+)
+from ._replay import ProtocolViolation
+from ._replaylink import ReplayLink
+from ._serversession import TAKEN_OVER, ServerSession
+from ._sessions import MemorySessionStore, SessionLimit, SessionStore, Throttled, Unknown
+from .config import Keepalive, Replay
+from .exceptions import LinkClosed
 
-__all__ = ["Server", "serve"]
+__all__ = ["Server", "ServerSession", "serve"]
 
-Handler = Callable[[Any], Awaitable[None]]
+Handler = Callable[[ServerSession], Awaitable[None]]
+# How often detached sessions are checked for expiry, at most (seconds).
+_EXPIRY_INTERVAL = 1.0
+# Retry-After for a server at its session limit (seconds).
+_FULL_RETRY_AFTER = 5
 
 
 class Server:
@@ -57,9 +84,21 @@ class Server:
         keepalive: Keepalive | None,
         beacon_interval: float | None,
         stall_threshold: float | None,
+        replay: Replay | None,
+        sessions: SessionStore[ServerSession] | None,
         options: dict[str, Any],
     ) -> None:
         self._handler = handler
+        self._replay = replay
+        self.sessions: SessionStore[ServerSession] = (
+            MemorySessionStore() if sessions is None else sessions
+        )
+        # Links whose resume or new session was granted in process_response, until their
+        # handler runs: (session, resumed).
+        self._granted: weakref.WeakKeyDictionary[Any, tuple[ServerSession, bool]] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._open_timeout = float(options.get("open_timeout") or 10.0)
         self._host = host
         self._port = port
         self._keepalive = keepalive
@@ -112,6 +151,8 @@ class Server:
     async def _run_monitors(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(self.monitor.run)
+            if self._replay is not None:
+                tasks.start_soon(self._expire_sessions)
             if self.watchdog is not None:
                 tasks.start_soon(self.watchdog.run)
             task_status.started()
@@ -123,6 +164,11 @@ class Server:
         }
         if self._keepalive is not None:
             options.update(ping_interval=None, ping_timeout=None)
+        if self._replay is not None:
+            options["subprotocols"] = [SUBPROTOCOL, *(options.get("subprotocols") or ())]
+            options["process_response"] = self._chain_process_response(
+                options.get("process_response")
+            )
         if _backend.is_trio():
             from websockets.trio.server import serve as trio_serve
 
@@ -132,24 +178,176 @@ class Server:
 
         return await asyncio_serve(self._handle, self._host, self._port, **options)
 
-    async def _handle(self, connection: Any) -> None:
-        async with anyio.create_task_group() as tasks:
-            if self._beacon_interval is not None:
-                tasks.start_soon(self._send_beacons, connection, self._beacon_interval)
-            if self._keepalive is not None:
-                keepalive = LinkKeepalive(
-                    connection,
-                    self._keepalive,
-                    url=f"peer:{connection.remote_address}",
-                    connection_id=secrets.token_hex(4),
-                    emit=lambda event: None,
-                    monitor=self.monitor,
-                )
-                tasks.start_soon(keepalive.run)
+    # ---- admission (during the opening handshake) ------------------------------------------
+
+    def _chain_process_response(self, theirs: Any) -> Callable[..., Awaitable[Any]]:
+        async def process_response(connection: Any, request: Any, response: Any) -> Any:
+            if theirs is not None:
+                replaced = theirs(connection, request, response)
+                if isinstance(replaced, Awaitable):
+                    replaced = await replaced
+                if replaced is not None:
+                    response = replaced
+            # No await from here on: the grant must describe the state the link starts from.
+            return self._admit(connection, request, response)
+
+        return process_response
+
+    def _admit(self, connection: Any, request: Any, response: Any) -> Any:
+        """Grant a new or resumed session to a link that negotiated the replay protocol,
+        or answer 400/429/503 (docs/protocol.md sections 4 and 7)."""
+        if response.status_code != http.HTTPStatus.SWITCHING_PROTOCOLS:
+            return response
+        if response.headers.get("Sec-WebSocket-Protocol") != SUBPROTOCOL:
+            return response
+        peer = str(getattr(connection, "remote_address", None))
+        try:
+            resume = parse_resume(_backend.header_dict(request.headers))
+        except ControlError as exc:
+            return _reject(connection, http.HTTPStatus.BAD_REQUEST, str(exc), peer)
+        now = anyio.current_time()
+        session = token = None
+        if resume is not None:
+            found = self.sessions.resume(resume.session, resume.token, now)
+            if isinstance(found, Throttled):
+                retry_after = max(1, math.ceil(found.retry_after))
+                return _reject(connection, http.HTTPStatus.TOO_MANY_REQUESTS,
+                               "too many resume attempts", peer, retry_after)  # fmt: skip
+            if isinstance(found, Unknown):
+                log("resume_rejected", session_id=resume.session, reason=found.reason, peer=peer)
+            else:
+                session, token = found.record.state, found.record.token
+                try:
+                    self._resume(session, resume, connection)
+                except ProtocolViolation as exc:
+                    return _reject(connection, http.HTTPStatus.BAD_REQUEST, exc.reason, peer)
+        resumed = session is not None
+        if session is None:
+            session = ServerSession(session_id=None, policy=self._replay, request=request)
             try:
-                await self._handler(connection)
+                record = self.sessions.open(session, now)
+            except SessionLimit as exc:
+                return _reject(connection, http.HTTPStatus.SERVICE_UNAVAILABLE, str(exc), peer,
+                               _FULL_RETRY_AFTER)  # fmt: skip
+            session.id, token = record.id, record.token
+        assert session.id is not None
+        assert token is not None
+        self._granted[connection] = (session, resumed)
+        self._tasks.start_soon(self._unless_served, connection, session)
+        grant = Grant(
+            session=session.id,
+            token=token,
+            resumed=resumed,
+            received=session.inbound.received,
+            replay_from=session.outbound.replay_from,
+        )
+        response.headers.update(grant_headers(grant))
+        return response
+
+    def _resume(self, session: ServerSession, resume: Resume, connection: Any) -> None:
+        """Apply a resume request with the right token; take the session over.
+
+        Raises:
+            ProtocolViolation: Its numbers contradict the session; nothing changed.
+        """
+        session.outbound.resume(resume.received)
+        gap = session.inbound.resume(resume.replay_from)
+        assert session.id is not None
+        self.sessions.attach(session.id)
+        old = session.granted(connection, gap)
+        if old is not None:
+            log("session_taken_over", logging.WARNING, session_id=session.id)
+            self._tasks.start_soon(_backend.close_link, old, TAKEN_OVER, "session taken over")
+
+    async def _unless_served(self, connection: Any, session: ServerSession) -> None:
+        """A granted link whose handshake never completed must not hold the session."""
+        await anyio.sleep(self._open_timeout)
+        if self._granted.pop(connection, None) is None:
+            return
+        session.abandon_grant(connection)
+        if not session.connected and not session.ended and session.id is not None:
+            self.sessions.detach(session.id, anyio.current_time())
+
+    async def _expire_sessions(self) -> None:
+        while True:
+            await anyio.sleep(_EXPIRY_INTERVAL)
+            for record in self.sessions.expire(anyio.current_time()):
+                record.state.expired()
+                log("session_expired", session_id=record.id)
+
+    # ---- serving links -----------------------------------------------------------------
+
+    async def _handle(self, connection: Any) -> None:
+        granted = self._granted.pop(connection, None)
+        if granted is None:
+            session = ServerSession(session_id=None, policy=None, request=connection.request)
+            await session.attach(connection, None)
+            await self._serve_plain(connection, session)
+            return
+        session, resumed = granted
+        try:
+            replay = await session.attach(connection, connection if resumed else None)
+        except LinkClosed as exc:
+            await _backend.close_link(connection, exc.code, exc.reason)
+            return
+        assert replay is not None
+        if resumed:
+            log("session_resumed", session_id=session.id, resent=session.resent)
+        else:
+            self._tasks.start_soon(self._run_session, session)
+        await self._serve_replay(connection, session, replay)
+
+    async def _serve_plain(self, connection: Any, session: ServerSession) -> None:
+        async with anyio.create_task_group() as tasks:
+            self._watch_link(connection, tasks)
+            try:
+                await self._handler(session)
             finally:
                 tasks.cancel_scope.cancel()
+
+    async def _serve_replay(
+        self, connection: Any, session: ServerSession, replay: ReplayLink
+    ) -> None:
+        async with anyio.create_task_group() as tasks:
+            self._watch_link(connection, tasks)
+            tasks.start_soon(replay.run)
+            await connection.wait_closed()
+            tasks.cancel_scope.cancel()
+        outcome = session.link_ended(connection)
+        assert session.id is not None
+        if outcome == "ended":
+            self.sessions.close(session.id)
+        elif outcome == "detached":
+            self.sessions.detach(session.id, anyio.current_time())
+
+    async def _run_session(self, session: ServerSession) -> None:
+        """Run the handler once for the session's whole life."""
+        try:
+            await self._handler(session)
+        except Exception as exc:
+            log("handler_failed", logging.ERROR, session_id=session.id, error=repr(exc))
+            with anyio.CancelScope(shield=True), anyio.move_on_after(_backend.EXIT_TIMEOUT):
+                await session.close(1011, "handler failed")
+        else:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(_backend.EXIT_TIMEOUT):
+                await session.close()
+        finally:
+            assert session.id is not None
+            self.sessions.close(session.id)
+
+    def _watch_link(self, connection: Any, tasks: anyio.abc.TaskGroup) -> None:
+        if self._beacon_interval is not None:
+            tasks.start_soon(self._send_beacons, connection, self._beacon_interval)
+        if self._keepalive is not None:
+            keepalive = LinkKeepalive(
+                connection,
+                self._keepalive,
+                url=f"peer:{connection.remote_address}",
+                connection_id=secrets.token_hex(4),
+                emit=lambda event: None,
+                monitor=self.monitor,
+            )
+            tasks.start_soon(keepalive.run)
 
     async def _send_beacons(self, connection: Any, interval: float) -> None:
         while True:
@@ -164,6 +362,20 @@ class Server:
                 await connection.pong(encode_beacon(beacon))
             except _backend.ConnectionClosed:
                 return
+
+
+def _reject(
+    connection: Any,
+    status: http.HTTPStatus,
+    reason: str,
+    peer: str,
+    retry_after: int | None = None,
+) -> Any:
+    log("session_refused", logging.WARNING, status=int(status), reason=reason, peer=peer)
+    response = connection.respond(status, f"{reason}\n")
+    if retry_after is not None:
+        response.headers["Retry-After"] = str(retry_after)
+    return response
 
 
 def _listening_port(server: Any) -> int:
@@ -182,6 +394,8 @@ def serve(
     keepalive: Keepalive | None = Keepalive(),
     beacon_interval: float | None = 1.0,
     stall_threshold: float | None = 1.0,
+    replay: Replay | None = Replay(),
+    sessions: SessionStore[ServerSession] | None = None,
     compression: str | None = None,
     **websockets_options: Any,
 ) -> Server:
@@ -189,15 +403,18 @@ def serve(
 
     Example::
 
-        async def echo(ws):
-            async for message in ws:
-                await ws.send(message)
+        async def echo(session):
+            async for message in session:
+                await session.send(message)
 
         async with resilient_ws.serve(echo, "127.0.0.1", 8765) as server:
             await server.serve_forever()
 
     Args:
-        handler: ``async def handler(connection)``, run for each connection.
+        handler: ``async def handler(session)``, run once per :class:`ServerSession`:
+            for a client that speaks the replay protocol, once for the session's whole
+            life across its reconnects; for any other client, once per connection. When
+            it returns the session ends (its link is closed with code 1000).
         host: Address to listen on.
         port: Port to listen on; 0 picks a free one (see :attr:`Server.port`).
         keepalive: The server's probing of its clients, stall-aware; ``None`` leaves
@@ -206,8 +423,15 @@ def serve(
         stall_threshold: Loop lag, in seconds, that the :class:`~resilient_ws.StallWatchdog`
             reports as a stall; ``None`` disables the watchdog (it is process-wide: only one
             may run).
+        replay: Settings of the replay protocol, offered to every client (bounds of each
+            session's replay buffer, which also holds what ``session.send()`` sends while
+            the client is away); ``None`` turns it off: every link is a plain session.
+        sessions: Where replay sessions are kept; default: a
+            :class:`~resilient_ws.MemorySessionStore` (10 000 sessions, 60 s TTL after a
+            client goes away, 10 resumes per session per minute).
         compression: ``None`` (default) or ``"deflate"``.
-        **websockets_options: Passed to websockets' ``serve``.
+        **websockets_options: Passed to websockets' ``serve`` (``process_request``,
+            ``process_response``, ``max_size``...).
     """
     if keepalive is not None and {"ping_interval", "ping_timeout"} & websockets_options.keys():
         raise TypeError("ping_interval/ping_timeout conflict with keepalive=; pass keepalive=None")
@@ -218,5 +442,7 @@ def serve(
         keepalive=keepalive,
         beacon_interval=beacon_interval,
         stall_threshold=stall_threshold,
+        replay=replay,
+        sessions=sessions,
         options={"compression": compression, **websockets_options},
     )

@@ -1,0 +1,285 @@
+"""The logical session that ``serve()``'s handler sees: one per client, across its links.
+
+Part of the server's I/O layer. A replay session (the client negotiated the replay
+protocol) outlives its links: while the client is away, :meth:`ServerSession.send` keeps
+messages in the bounded replay buffer, and the next link resends what the client lacks. A
+plain client gets a one-link session with the same interface.
+
+A session is in one of three link states:
+
+- live: a link is attached, ``send()`` writes to it;
+- away: no link; ``send()`` numbers and buffers (the replay buffer is the away buffer,
+  so overflow is an exact gap the client learns on resume);
+- resuming: a resume was granted but the new link is not serving yet; ``send()`` waits,
+  because the grant told the client where the buffer starts and must stay true.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from contextlib import suppress
+from typing import Any, Literal
+
+import anyio
+
+from . import _backend
+from ._backend import RawLink
+from ._logging import log
+from ._outbox import Message, payload_size
+from ._replay import Gap, Inbound, Outbound
+from ._replaylink import ReplayLink
+from ._sync import Signal
+from .config import Replay
+from .exceptions import ConnectionClosed, ConnectionClosedOK, ConnectionFailed, LinkClosed
+
+__all__ = ["ServerSession"]
+
+# Gaps kept per session for the application to inspect.
+_MAX_GAPS = 64
+# Close code of a link taken over by a newer one (docs/protocol.md section 6).
+TAKEN_OVER = 4003
+
+
+class ServerSession:
+    """One client's session, as ``serve()``'s handler sees it.
+
+    Iterate over it (or call :meth:`recv`) to receive messages and call :meth:`send` to
+    send them. With a resilient_ws client (replay protocol) the session survives the
+    client's reconnects: no message is lost or duplicated in either direction, and the
+    handler never sees the blip. With any other client it lasts one connection.
+
+    Attributes:
+        id: The session id (``None`` for a plain client).
+        replay: Whether the client speaks the replay protocol.
+        request: The opening handshake request of the session's first link
+            (``request.path``, ``request.headers``).
+    """
+
+    def __init__(
+        self,
+        *,
+        session_id: str | None,
+        policy: Replay | None,
+        request: Any,
+    ) -> None:
+        self.id = session_id
+        self.replay = policy is not None
+        self.request = request
+        policy = policy or Replay()
+        self._policy = policy
+        self.outbound = Outbound(policy.max_messages, policy.max_bytes)
+        self.inbound = Inbound(policy.ack_every, policy.ack_delay)
+        self._raw: RawLink | None = None
+        self._link: ReplayLink | None = None
+        # The link a resume was granted to, until it serves (or gives up).
+        self._resuming: object | None = None
+        self._error: ConnectionClosed | None = None
+        self._changed = Signal()
+        self._receiving = False
+        self._gaps: deque[Gap] = deque(maxlen=_MAX_GAPS)
+        self.links = 0
+        """Links the session has had."""
+        self.resent = 0
+        """Messages sent again on resumed links because the client lacked them."""
+
+    # ---- the handler's API ---------------------------------------------------------------
+
+    @property
+    def remote_address(self) -> Any:
+        """The current link's remote address, or ``None`` while the client is away."""
+        return None if self._raw is None else getattr(self._raw, "remote_address", None)
+
+    @property
+    def connected(self) -> bool:
+        """Whether a link is attached now."""
+        return self._raw is not None
+
+    @property
+    def gaps(self) -> tuple[Gap, ...]:
+        """Ranges of the client's messages that will never arrive (its replay buffer
+        overflowed while it was away), oldest first; the last 64 are kept."""
+        return tuple(self._gaps)
+
+    async def send(self, message: Message) -> None:
+        """Send a message; while the client is away, buffer it for the next link.
+
+        Raises:
+            TypeError: ``message`` is neither ``str`` nor ``bytes``.
+            ConnectionClosed: The session ended.
+        """
+        if not isinstance(message, (str, bytes)):
+            raise TypeError(f"message must be str or bytes, not {type(message).__name__}")
+        while self._resuming is not None and self._error is None:
+            await self._changed.wait()
+        if self._error is not None:
+            raise self._error
+        raw = self._raw
+        if not self.replay:
+            assert raw is not None
+            try:
+                await raw.send(message)
+            except _backend.ConnectionClosed as exc:
+                raise self._link_ended_error(raw) from exc
+            return
+        self.outbound.record(message, payload_size(message))
+        if raw is not None:
+            # If the link dies under this send, the replay buffer still has the message.
+            with suppress(_backend.ConnectionClosed):
+                await raw.send(message)
+
+    async def recv(self) -> Message:
+        """Receive the client's next message, across its reconnects, in order.
+
+        Raises:
+            ConnectionClosedOK: The client closed the session normally (code 1000/1001)
+                or :meth:`close` was called.
+            ConnectionFailed: The session ended otherwise: a plain client's connection
+                failed, or a replay client did not come back within the session TTL.
+        """
+        while True:
+            raw, link = self._raw, self._link
+            if raw is None:
+                if self._error is not None:
+                    raise self._error
+                await self._changed.wait()
+                continue
+            try:
+                message = await raw.recv()
+            except _backend.ConnectionClosed as exc:
+                if not self.replay:
+                    error = self._link_ended_error(raw)
+                    self._end(error)
+                    raise error from exc
+                while self._raw is raw:  # until the link is detached or replaced
+                    await self._changed.wait()
+                continue
+            if link is not None:
+                if link.retired:
+                    continue  # not acknowledged: the client resends it
+                link.delivered(anyio.current_time())
+            return message
+
+    def __aiter__(self) -> ServerSession:
+        return self
+
+    async def __anext__(self) -> Message:
+        try:
+            return await self.recv()
+        except ConnectionClosedOK:
+            raise StopAsyncIteration from None
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        """End the session and close its link (if one is attached) with ``code``."""
+        raw = self._raw
+        self._end(ConnectionClosedOK("the session was closed by the server"))
+        if raw is not None:
+            if self._link is not None:
+                await self._link.send_ack()
+            await _backend.close_link(raw, code, reason)
+
+    # ---- driven by the server ------------------------------------------------------------
+
+    @property
+    def ended(self) -> bool:
+        """Whether the session is over."""
+        return self._error is not None
+
+    def granted(self, resuming: object, gap: Gap | None) -> RawLink | None:
+        """A resume was granted to the link ``resuming``: detach the live link (if any,
+        returned, to be closed with 4003) and hold sends until :meth:`attach`."""
+        self._resuming = resuming
+        if gap is not None:
+            self._gaps.append(gap)
+            log("messages_lost", logging.WARNING, session_id=self.id, first=gap.first,
+                last=gap.last, reason="overflow")  # fmt: skip
+        old = self._raw
+        self._detach()
+        return old
+
+    def abandon_grant(self, resuming: object) -> None:
+        """The link a resume was granted to never served: sends may buffer again."""
+        if self._resuming is resuming:
+            self._resuming = None
+            self._changed.notify()
+
+    async def attach(self, raw: RawLink, resuming: object | None) -> ReplayLink | None:
+        """Make ``raw`` the session's link; resend what the client lacks, in order.
+
+        Returns:
+            The link's replay protocol (``None`` for a plain client).
+
+        Raises:
+            LinkClosed: The link was superseded (another resume was granted since) or
+                died during the resend.
+        """
+        self.links += 1
+        if not self.replay:
+            self._raw = raw
+            self._changed.notify()
+            return None
+        if resuming is not None and self._resuming is not resuming:
+            raise LinkClosed(TAKEN_OVER, "superseded by a newer resume")
+        link = ReplayLink(
+            raw,
+            self.outbound,
+            self.inbound,
+            ack_every=self._policy.ack_every,
+            log_fields={"session_id": self.id},
+        )
+        resend = self.outbound.unacked()
+        try:
+            for _, message in resend:
+                await raw.send(message)
+        except _backend.ConnectionClosed:
+            link.retire()
+            self.abandon_grant(resuming)
+            raise _backend.link_closed_error(raw) from None
+        self.resent += len(resend)
+        self._raw, self._link, self._resuming = raw, link, None
+        self._changed.notify()
+        return link
+
+    def link_ended(self, raw: RawLink) -> Literal["ended", "detached", "superseded"]:
+        """``raw`` closed: the session ``"ended"`` (a normal close, or a plain client),
+        is ``"detached"`` (waiting for the client to resume) or the link was already
+        ``"superseded"`` by a newer one."""
+        if self._raw is not raw:
+            return "superseded"
+        code = raw.close_code
+        self._detach()
+        if code in (1000, 1001):
+            self._end(ConnectionClosedOK("the client closed the session"))
+            return "ended"
+        if not self.replay:
+            self._end(self._link_ended_error(raw))
+            return "ended"
+        return "detached"
+
+    def expired(self) -> None:
+        """The client did not come back within the session store's TTL."""
+        self._end(
+            ConnectionFailed(
+                "session expired: the client did not resume within the session TTL",
+                LinkClosed(_backend.ABNORMAL_CLOSURE, "session expired"),
+            )
+        )
+
+    def _detach(self) -> None:
+        if self._link is not None:
+            self._link.retire()
+        self._raw = self._link = None
+        self._changed.notify()
+
+    def _end(self, error: ConnectionClosed) -> None:
+        if self._error is None:
+            self._error = error
+        self._detach()
+
+    @staticmethod
+    def _link_ended_error(raw: RawLink) -> ConnectionClosed:
+        error = _backend.link_closed_error(raw)
+        if error.code in (1000, 1001):
+            return ConnectionClosedOK("the client closed the connection")
+        return ConnectionFailed(f"the connection failed: {error}", error)
+
