@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 PYTHON = BIN / ("python.exe" if os.name == "nt" else "python")
-EXTRAS = {"demo": "", "test": "[dev]"}
+EXTRAS = {"demo": "[cli]", "test": "[dev]"}  # dev includes cli
 
 
 def set_up(extras: str) -> None:

@@ -6,6 +6,9 @@ Subcommands:
     Run a client against a local echo server that is killed (SIGKILL) and restarted twice,
     printing every lifecycle event live and a summary of what was sent, echoed and lost.
 
+``analyze LOG...``
+    Print an incident report from the library's JSON-lines log events (``_analyze.py``).
+
 ``_demo-server PORT`` (hidden)
     The plain websockets echo server the demo runs in a subprocess. It prints ``ready`` once
     it listens on 127.0.0.1:PORT.
@@ -29,6 +32,7 @@ from dataclasses import dataclass, field
 
 import anyio
 
+from . import _analyze
 from ._logging import configure_json_logging
 from .client import Connection, connect
 from .config import Backoff
@@ -94,6 +98,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.print_usage(sys.stderr)
             print(f"{PROG}: error: a command is required", file=sys.stderr)
             return 2
+        if args.command == "analyze":
+            return _analyze.run(args.logs, as_json=args.json, plot=args.plot)
         return _run_demo(args.duration, args.backend, json_logs=args.json_logs)
     except BaseException as exc:
         if _interrupted(exc):
@@ -141,6 +147,25 @@ def _build_parser() -> argparse.ArgumentParser:
         "--json-logs",
         action="store_true",
         help="also write the library's structured log events as JSON lines to stderr",
+    )
+    analyze = commands.add_parser(
+        "analyze",
+        help="print an incident report from the library's JSON-lines log events",
+        description=(
+            "Read the JSON-lines events written by configure_json_logging() and print an "
+            "incident report: uptime per connection, disconnects by verdict and cause, time "
+            "to reconnect, messages replayed, gaps and server stalls. Bad lines are counted, "
+            "never fatal. See docs/analyze.md."
+        ),
+    )
+    analyze.add_argument(
+        "logs", nargs="*", metavar="LOG", help="log files; '-' or none reads standard input"
+    )
+    analyze.add_argument("--json", action="store_true", help="print the report as JSON")
+    analyze.add_argument(
+        "--plot",
+        metavar="OUT.png",
+        help="also draw a timeline into this PNG file (pip install 'resilient_ws[cli]')",
     )
     return parser
 
