@@ -54,6 +54,7 @@ __all__ = [
     "open_link",
     "parse_retry_after",
     "response_headers",
+    "resume_reading",
     "ping",
     "pong",
     "translate",
@@ -208,6 +209,7 @@ async def open_link(url: str, options: dict[str, Any]) -> AsyncIterator[RawLink]
     try:
         yield raw
     finally:
+        resume_reading(raw)
         # Shielded and bounded: a cancelled caller must still release the socket.
         # A broken link may fail to close; how it broke is reported by the caller.
         with (
@@ -247,6 +249,18 @@ def header_dict(headers: Any) -> dict[str, str]:
 def response_headers(raw: RawLink) -> dict[str, str]:
     """The opening handshake's response headers (see :func:`header_dict`)."""
     return header_dict(getattr(raw, "response").headers)  # noqa: B009
+
+
+def resume_reading(raw: Any) -> None:
+    """Let a link we leave read its socket again.
+
+    websockets' trio connection stops reading while its buffer of unread messages is full
+    (``max_queue``), and then never sees the link end: leaving it would wait for the
+    reader task forever (its nursery is not in our cancel scope). The unread messages stay
+    readable; a replay link's are resent by the peer anyway.
+    """
+    if getattr(raw, "recv_flow_control", None) is not None:
+        raw.resume_reading()
 
 
 async def close_link(raw: RawLink, code: int, reason: str) -> None:

@@ -18,7 +18,8 @@ Message = str | bytes
 def payload_size(message: Message) -> int:
     """Bytes the message occupies on the wire (UTF-8 for text)."""
     if isinstance(message, str):
-        return len(message.encode())
+        # isascii() is O(1) in CPython: skip the encoding for ASCII text.
+        return len(message) if message.isascii() else len(message.encode())
     return len(message)
 
 
@@ -74,6 +75,10 @@ class Outbox:
             count += 1
             dropped += item_size
         return count, dropped
+
+    def peek(self) -> tuple[Message, int]:
+        """The oldest message and its size, left in place."""
+        return self._items[0]
 
     def popleft(self) -> tuple[Message, int]:
         """Remove and return the oldest message and its size."""

@@ -142,6 +142,15 @@ class Outbound:
         """The lowest number that can still be resent (``sent + 1`` when none can)."""
         return self.sent - len(self._buffer) + 1
 
+    def has_room(self, size: int) -> bool:
+        """Whether a message of ``size`` bytes can be recorded without dropping an
+        unacknowledged one. Always true when nothing is unacknowledged: a message too big
+        for the buffer is sent unkept rather than never."""
+        buffer = self._buffer
+        if not buffer:
+            return True
+        return len(buffer) < self._max_messages and self.size + size <= self._max_bytes
+
     def record(self, message: Message, size: int) -> int:
         """Number a data message being sent and keep it for replay.
 

@@ -78,6 +78,7 @@ class ServerSession:
         self._changed = Signal()
         self._receiving = False
         self._gaps: deque[Gap] = deque(maxlen=_MAX_GAPS)
+        self._overflow_logged = False
         self.links = 0
         """Links the session has had."""
         self.resent = 0
@@ -104,16 +105,29 @@ class ServerSession:
     async def send(self, message: Message) -> None:
         """Send a message; while the client is away, buffer it for the next link.
 
+        While a link is up and the replay buffer is full of messages the client has not
+        acknowledged, this waits for its acks (backpressure). While the client is away it
+        does not wait: past the buffer's bounds the oldest messages are dropped, and the
+        client is told the exact range when it resumes (a ``Gap``).
+
         Raises:
             TypeError: ``message`` is neither ``str`` nor ``bytes``.
             ConnectionClosed: The session ended.
         """
         if not isinstance(message, (str, bytes)):
             raise TypeError(f"message must be str or bytes, not {type(message).__name__}")
-        while self._resuming is not None and self._error is None:
-            await self._changed.wait()
-        if self._error is not None:
-            raise self._error
+        size = payload_size(message)
+        while True:
+            if self._error is not None:
+                raise self._error
+            if self._resuming is not None:
+                await self._changed.wait()
+                continue
+            link = self._link
+            if link is not None and not link.has_room(size):
+                await link.wait_for_room(size)
+                continue
+            break
         raw = self._raw
         if not self.replay:
             assert raw is not None
@@ -122,7 +136,7 @@ class ServerSession:
             except _backend.ConnectionClosed as exc:
                 raise self._link_ended_error(raw) from exc
             return
-        self.outbound.record(message, payload_size(message))
+        self._record(message, size)
         if raw is not None:
             # If the link dies under this send, the replay buffer still has the message.
             with suppress(_backend.ConnectionClosed):
@@ -178,12 +192,27 @@ class ServerSession:
                 await self._link.send_ack()
             await _backend.close_link(raw, code, reason)
 
+    def _record(self, message: Message, size: int) -> None:
+        outbound = self.outbound
+        outbound.record(message, size)
+        # Unacknowledged messages dropped while the client is away: the client will get
+        # a Gap; say so here too, once per absence.
+        if outbound.replay_from - 1 > outbound.acked and not self._overflow_logged:
+            self._overflow_logged = True
+            log("replay_overflowed", logging.WARNING, session_id=self.id,
+                dropped_through=outbound.replay_from - 1)  # fmt: skip
+
     # ---- driven by the server ------------------------------------------------------------
 
     @property
     def ended(self) -> bool:
         """Whether the session is over."""
         return self._error is not None
+
+    @property
+    def resuming(self) -> bool:
+        """Whether a resume was granted to a link that does not serve yet."""
+        return self._resuming is not None
 
     def granted(self, resuming: object, gap: Gap | None) -> RawLink | None:
         """A resume was granted to the link ``resuming``: detach the live link (if any,
@@ -236,6 +265,7 @@ class ServerSession:
             self.abandon_grant(resuming)
             raise _backend.link_closed_error(raw) from None
         self.resent += len(resend)
+        self._overflow_logged = False
         self._raw, self._link, self._resuming = raw, link, None
         self._changed.notify()
         return link

@@ -68,8 +68,11 @@ class Session(Protocol):
     async def _flush(self, raw: RawLink) -> int:
         """Send the queued messages on ``raw``; raise LinkError if it dies."""
 
+    def _readable(self, raw: RawLink, number: int) -> None:
+        """Let recv() read ``raw`` (after the links before it)."""
+
     async def _publish(self, raw: RawLink, number: int) -> None:
-        """Make ``raw`` the link that send() and recv() use."""
+        """Make ``raw`` the link that send() writes to."""
 
     def _link_lost(self) -> None:
         """The published link (if any) is gone."""
@@ -235,10 +238,30 @@ class Supervisor:
             raise
 
     async def _serve_link(self, raw: RawLink, url: str) -> None:
-        """Run ``on_connect``, flush the queue, publish the link, and wait for its end.
+        """Serve the link under watch until it ends.
+
+        The keepalive and the session's link task run from the moment the link opens: a
+        network that dies while ``on_connect`` runs or the queue flushes is noticed too.
 
         Returns when the application closed the connection; raises LinkError otherwise.
         """
+        error: LinkError | None = None
+        async with anyio.create_task_group() as guards:
+            guards.start_soon(self._session._run_link, raw)
+            if self._keepalive is not None:
+                guards.start_soon(self._keep_alive, raw)
+            try:
+                await self._set_up(raw, url)
+                await self._wait_link_end(raw)
+            except LinkError as exc:
+                error = exc  # raised outside the task group, not in an exception group
+            finally:
+                guards.cancel_scope.cancel()
+        if error is not None:
+            raise error
+
+    async def _set_up(self, raw: RawLink, url: str) -> None:
+        """Resume the session, run ``on_connect``, flush the queue, publish the link."""
         self.links += 1
         number = self.links
         run_hook = await self._session._begin_link(raw, number)
@@ -249,6 +272,9 @@ class Supervisor:
                 raise
             except Exception as exc:
                 raise OnConnectFailed(f"on_connect raised {exc!r}") from exc
+        # Readable before the flush: the peer's acks and replies arrive on the same
+        # stream, and websockets stops reading it while unread messages pile up.
+        self._session._readable(raw, number)
         flushed = await self._session._flush(raw)
         self._failing_since = None
         self._session._emit(
@@ -269,7 +295,6 @@ class Supervisor:
             flushed=flushed,
         )
         await self._session._publish(raw, number)
-        await self._wait_link_end(raw)
 
     async def _wait_link_end(self, raw: RawLink) -> None:
         """Wait until the link dies (raise), the application closes (return) or failback."""
@@ -281,7 +306,7 @@ class Supervisor:
             self._link_scope = scope
             try:
                 with scope:
-                    await self._watch(raw)
+                    await _backend.wait_link_closed(raw)
             finally:
                 self._link_scope = None
             if self._session._closing:
@@ -298,17 +323,9 @@ class Supervisor:
                 await _backend.close_link(raw, _GOING_AWAY, reason)
                 raise LinkClosed(_GOING_AWAY, reason)
 
-    async def _watch(self, raw: RawLink) -> None:
-        """Return when the link is closed; the keepalive may abort it first."""
-        async with anyio.create_task_group() as tasks:
-            tasks.start_soon(self._session._run_link, raw)
-            await self._keep_alive(raw)
-            tasks.cancel_scope.cancel()
-
     async def _keep_alive(self, raw: RawLink) -> None:
-        if self._keepalive is None:
-            await _backend.wait_link_closed(raw)
-            return
+        """Watch the link; the keepalive may abort it (and say why in ``_abandoned``)."""
+        assert self._keepalive is not None
         keepalive = self.keepalive = LinkKeepalive(
             raw,
             self._keepalive,
@@ -317,14 +334,7 @@ class Supervisor:
             emit=self._session._emit,
             monitor=self.monitor,
         )
-
-        async def watch() -> None:
-            self._abandoned = await keepalive.run()
-
-        async with anyio.create_task_group() as tasks:
-            tasks.start_soon(watch)
-            await _backend.wait_link_closed(raw)
-            tasks.cancel_scope.cancel()
+        self._abandoned = await keepalive.run()
 
     async def _primary_answers(self) -> bool:
         try:

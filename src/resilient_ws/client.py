@@ -272,13 +272,19 @@ class Connection:
             QueueFull: The queue is full and its policy is ``when_full="raise"``.
             ConnectionClosed: The connection is closed or closing.
         """
-        # The fast path: one attribute check while a link is up and nothing is queued.
+        # The fast path: a link is up, nothing is queued, the replay buffer has room.
         raw = self._fast
-        if raw is None or not (type(message) is str or type(message) is bytes):
+        replay = self._replay_link  # the live link's, if it speaks the protocol
+        if (
+            raw is None
+            or not (type(message) is str or type(message) is bytes)
+            or (replay is not None and not replay.has_room(payload_size(message)))
+        ):
             raw = await self._send_slow(message)
             if raw is None:
                 return  # queued
-        replay = self._replay_link  # the live link's, if it speaks the protocol
+            replay = self._replay_link
+        # No await since the room was checked: recording cannot drop a message.
         if replay is not None:
             replay.record(message)
         try:
@@ -301,8 +307,13 @@ class Connection:
         if not isinstance(message, (str, bytes)):
             raise TypeError(f"message must be str or bytes, not {type(message).__name__}")
         self._check_sendable()
-        if self._fast is not None:
-            return self._fast
+        size = payload_size(message)
+        while self._fast is not None:
+            replay = self._replay_link
+            if replay is None or replay.has_room(size):
+                return self._fast
+            await replay.wait_for_room(size)  # returns early if the link ends
+            self._check_sendable()
         await self._enqueue(message)
         if self._live is not None:
             await self._flush(self._live)
@@ -475,10 +486,12 @@ class Connection:
         replay = self._numbering(raw)
         try:
             while self._outbox:
+                if replay is not None:
+                    await self._wait_for_room(replay, raw)
                 message, size = self._outbox.popleft()
                 self._changed.notify()  # room for senders waiting on a full queue
                 if replay is not None:
-                    replay.record(message)
+                    replay.record(message, size)
                 try:
                     await raw.send(message)
                 except _backend.ConnectionClosed:
@@ -493,6 +506,17 @@ class Connection:
             self._flushing = False
             self._refresh_fast()
         return count
+
+    async def _wait_for_room(self, replay: ReplayLink, raw: RawLink) -> None:
+        """Wait until the replay buffer has room for the head of the queue.
+
+        Raises:
+            LinkClosed: The link ended while waiting.
+        """
+        _, size = self._outbox.peek()
+        await replay.wait_for_room(size)
+        if replay.retired:
+            raise _backend.link_closed_error(raw)
 
     # ---- serving the supervisor (the Session protocol) -----------------------------------
 
@@ -617,10 +641,13 @@ class Connection:
         if replay is not None:
             await replay.run()
 
+    def _readable(self, raw: RawLink, number: int) -> None:
+        self._links.append((raw, number, self._numbering(raw)))
+        self._changed.notify()
+
     async def _publish(self, raw: RawLink, number: int) -> None:
         # The caller flushed the queue without an await since: nothing can have been
         # queued in between, so a direct send now keeps order.
-        self._links.append((raw, number, self._numbering(raw)))
         self._machine.apply(Input.LINK_UP)
         self._set_live(raw)
         await self._drop_unread_links()

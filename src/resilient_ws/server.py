@@ -165,7 +165,9 @@ class Server:
         if self._keepalive is not None:
             options.update(ping_interval=None, ping_timeout=None)
         if self._replay is not None:
-            options["subprotocols"] = [SUBPROTOCOL, *(options.get("subprotocols") or ())]
+            options["select_subprotocol"] = _select_subprotocol(
+                options.pop("subprotocols", None), options.get("select_subprotocol")
+            )
             options["process_response"] = self._chain_process_response(
                 options.get("process_response")
             )
@@ -265,7 +267,12 @@ class Server:
         if self._granted.pop(connection, None) is None:
             return
         session.abandon_grant(connection)
-        if not session.connected and not session.ended and session.id is not None:
+        self._detach_if_away(session)
+
+    def _detach_if_away(self, session: ServerSession) -> None:
+        """Start the session's TTL if no link serves it (nor is about to)."""
+        if not session.connected and not session.resuming and not session.ended:
+            assert session.id is not None
             self.sessions.detach(session.id, anyio.current_time())
 
     async def _expire_sessions(self) -> None:
@@ -288,6 +295,7 @@ class Server:
         try:
             replay = await session.attach(connection, connection if resumed else None)
         except LinkClosed as exc:
+            self._detach_if_away(session)
             await _backend.close_link(connection, exc.code, exc.reason)
             return
         assert replay is not None
@@ -313,6 +321,7 @@ class Server:
             tasks.start_soon(replay.run)
             await connection.wait_closed()
             tasks.cancel_scope.cancel()
+        _backend.resume_reading(connection)
         outcome = session.link_ended(connection)
         assert session.id is not None
         if outcome == "ended":
@@ -362,6 +371,21 @@ class Server:
                 await connection.pong(encode_beacon(beacon))
             except _backend.ConnectionClosed:
                 return
+
+
+def _select_subprotocol(theirs: Any, their_select: Any) -> Callable[[Any, Any], Any]:
+    """websockets' ``select_subprotocol``: the replay protocol when offered, else the
+    application's choice; a client that offers none of them gets no subprotocol (not a
+    400, so plain clients keep working)."""
+
+    def select(connection: Any, offered: Any) -> Any:
+        if SUBPROTOCOL in offered:
+            return SUBPROTOCOL
+        if their_select is not None:
+            return their_select(connection, offered)
+        return next((name for name in theirs or () if name in offered), None)
+
+    return select
 
 
 def _reject(
