@@ -3,9 +3,10 @@
 from ._classify import Classifier, Decision, default_classifier
 from ._lag import LoopLagMonitor, Stall, StallWatchdog
 from ._logging import configure_json_logging, redact_url
+from ._sessions import MemorySessionStore, SessionStore
 from ._state import State
 from .client import Connection, ConnectionStats, Link, OnConnect, connect
-from .config import Backoff, Failover, Keepalive, SendQueue, WhenFull
+from .config import Backoff, Failover, Keepalive, Replay, SendQueue, WhenFull
 from .events import (
     Closed,
     Connected,
@@ -13,11 +14,14 @@ from .events import (
     Disconnected,
     Event,
     EventsMissed,
+    Gap,
     InboundDropped,
     MessagesDropped,
     PeerRecovered,
     PeerStalled,
     Reconnecting,
+    Resumed,
+    SessionLost,
 )
 from .exceptions import (
     ConcurrencyError,
@@ -36,7 +40,7 @@ from .exceptions import (
     RetryBudgetExhausted,
     TLSVerificationFailed,
 )
-from .server import Server, serve
+from .server import Server, ServerSession, serve
 
 __all__ = [
     "Backoff",
@@ -55,16 +59,18 @@ __all__ = [
     "Event",
     "EventsMissed",
     "Failover",
+    "Gap",
     "HandshakeFailed",
     "HandshakeRejected",
     "InboundDropped",
     "InvalidURL",
     "Keepalive",
     "Link",
-    "LoopLagMonitor",
     "LinkClosed",
     "LinkError",
     "LinkUnreachable",
+    "LoopLagMonitor",
+    "MemorySessionStore",
     "MessagesDropped",
     "OnConnect",
     "OnConnectFailed",
@@ -72,10 +78,15 @@ __all__ = [
     "PeerStalled",
     "QueueFull",
     "Reconnecting",
+    "Replay",
     "ResilientWSError",
+    "Resumed",
     "RetryBudgetExhausted",
     "SendQueue",
     "Server",
+    "ServerSession",
+    "SessionLost",
+    "SessionStore",
     "Stall",
     "StallWatchdog",
     "State",

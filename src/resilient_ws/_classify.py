@@ -28,8 +28,10 @@ Classifier = Callable[[LinkError], Decision]
 # 408 Request Timeout, 425 Too Early and 429 Too Many Requests say "later", not "never".
 _RETRYABLE_4XX = frozenset({408, 425, 429})
 # 1003: the peer cannot accept this data type; 1008: policy violation (RFC 6455 section 7.4.1).
-# Reconnecting would repeat the same refusal.
-_FATAL_CLOSE_CODES = frozenset({1003, 1008})
+# Reconnecting would repeat the same refusal. 4003: another client holding the session's
+# token took it over (docs/protocol.md); resuming would take it back, and the two would
+# fight over it.
+_FATAL_CLOSE_CODES = frozenset({1003, 1008, 4003})
 
 
 def default_classifier(error: LinkError) -> Decision:

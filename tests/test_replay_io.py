@@ -1,0 +1,418 @@
+"""The replay protocol between connect() and serve(), and against bad or foreign peers.
+
+Real servers on 127.0.0.1, both backends. Hand-made handshakes and control messages come
+from websockets' own client and server, speaking the protocol (or breaking it) by hand.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import pytest
+from _helpers import FAST, TIMEOUT, next_event
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+import resilient_ws
+from resilient_ws import ConnectionFailed, Replay, ServerSession
+from resilient_ws._backend import is_trio
+from resilient_ws._protocol import SUBPROTOCOL
+from resilient_ws._sessions import MemorySessionStore
+from resilient_ws.testing import FaultProxy
+
+pytestmark = pytest.mark.anyio
+
+
+@asynccontextmanager
+async def raw_connect(url: str, headers: Mapping[str, str] | None = None) -> AsyncIterator[Any]:
+    """websockets' own client offering the replay protocol, with hand-made headers."""
+    if is_trio():
+        from websockets.trio.client import connect
+    else:
+        from websockets.asyncio.client import connect
+    async with connect(
+        url, subprotocols=[SUBPROTOCOL], additional_headers=dict(headers or {})
+    ) as ws:  # type: ignore[arg-type]
+        yield ws
+
+
+class Echo:
+    """An echo handler that records every session it served."""
+
+    def __init__(self) -> None:
+        self.sessions: list[ServerSession] = []
+        self.errors: list[BaseException] = []
+
+    async def __call__(self, session: ServerSession) -> None:
+        self.sessions.append(session)
+        try:
+            async for message in session:
+                await session.send(message)
+        except resilient_ws.ConnectionClosed as exc:
+            self.errors.append(exc)
+
+
+def serve(handler: Any, **kwargs: Any) -> resilient_ws.Server:
+    return resilient_ws.serve(handler, "127.0.0.1", 0, stall_threshold=None, **kwargs)
+
+
+@asynccontextmanager
+async def behind_proxy(
+    handler: Any, **kwargs: Any
+) -> AsyncIterator[tuple[resilient_ws.Server, FaultProxy]]:
+    async with serve(handler, **kwargs) as server:
+        with FaultProxy(server.port) as proxy:
+            yield server, proxy
+
+
+async def wait_until(condition: Any) -> None:
+    with anyio.fail_after(TIMEOUT):
+        while not condition():  # noqa: ASYNC110 - no event marks these conditions
+            await anyio.sleep(0.01)
+
+
+async def drain(ws: Any) -> None:
+    """Read until the link closes."""
+    with pytest.raises(ConnectionClosed):  # noqa: PT012 - read until it raises
+        while True:  # bounded by the caller's fail_after
+            await ws.recv()
+
+
+def close_code(ws: Any) -> int | None:
+    return ws.close_code  # type: ignore[no-any-return]
+
+
+# ---- interop ---------------------------------------------------------------------------
+
+
+async def test_resilient_client_and_serve_negotiate_a_session() -> None:
+    echo = Echo()
+    async with (
+        serve(echo) as server,
+        resilient_ws.connect(f"ws://127.0.0.1:{server.port}/") as ws,
+    ):
+        await ws.send("hello")
+        assert await ws.recv() == "hello"
+        assert ws.stats.session_id is not None
+        assert ws.stats.session_id == echo.sessions[0].id
+        assert echo.sessions[0].replay
+
+
+async def test_plain_websockets_client_gets_a_one_link_session() -> None:
+    echo = Echo()
+    async with serve(echo) as server:
+        if is_trio():
+            from websockets.trio.client import connect
+        else:
+            from websockets.asyncio.client import connect
+        async with connect(f"ws://127.0.0.1:{server.port}/") as ws:
+            await ws.send("plain")
+            assert await ws.recv() == "plain"
+            assert ws.subprotocol is None
+        await wait_until(lambda: echo.sessions and echo.sessions[0].ended)
+        assert echo.sessions[0].id is None
+        assert not echo.sessions[0].replay
+
+
+async def test_resilient_client_against_a_plain_server_has_no_session() -> None:
+    echo = Echo()
+    async with (
+        serve(echo, replay=None) as server,
+        resilient_ws.connect(f"ws://127.0.0.1:{server.port}/") as ws,
+    ):
+        await ws.send("x")
+        assert await ws.recv() == "x"
+        assert ws.stats.session_id is None
+
+
+async def test_a_resumed_session_loses_and_duplicates_nothing() -> None:
+    echo = Echo()
+    async with (
+        behind_proxy(echo) as (_, proxy),
+        resilient_ws.connect(proxy.url, backoff=FAST) as ws,
+    ):
+        events = ws.events()
+        for i in range(50):
+            await ws.send(str(i))
+        assert [await ws.recv() for _ in range(50)] == [str(i) for i in range(50)]
+        proxy.reset()
+        await next_event(events, resilient_ws.Disconnected)
+        resumed = await next_event(events, resilient_ws.Resumed)
+        assert resumed.session_id == ws.stats.session_id
+        for i in range(50, 100):
+            await ws.send(str(i))
+        assert [await ws.recv() for _ in range(50)] == [str(i) for i in range(50, 100)]
+        assert len(echo.sessions) == 1  # the handler never saw the blip
+
+
+# ---- bad input: control messages -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("payload", "code"),
+    [
+        (b"rws1 ack=abc", 4001),  # not a number
+        (b"rws1 ack", 4001),  # no value
+        (b"rws1 ack=1.5", 4001),  # not a whole number
+        (b"rws1 ack=5", 4002),  # acks a message never sent
+    ],
+)
+async def test_server_closes_on_a_bad_control_message(payload: bytes, code: int) -> None:
+    echo = Echo()
+    async with serve(echo) as server, raw_connect(f"ws://127.0.0.1:{server.port}/") as ws:
+        assert ws.subprotocol == SUBPROTOCOL
+        await ws.pong(payload)
+        with anyio.fail_after(TIMEOUT):
+            await drain(ws)
+        assert close_code(ws) == code
+
+
+async def test_ack_below_an_earlier_ack_is_out_of_range() -> None:
+    async def sender(session: ServerSession) -> None:
+        for i in range(3):
+            await session.send(str(i))
+        await anyio.sleep_forever()
+
+    async with serve(sender) as server, raw_connect(f"ws://127.0.0.1:{server.port}/") as ws:
+        for _ in range(3):
+            await ws.recv()
+        await ws.pong(b"rws1 ack=3")
+        await ws.pong(b"rws1 ack=2")
+        with anyio.fail_after(TIMEOUT), pytest.raises(ConnectionClosed):
+            await ws.recv()
+        assert close_code(ws) == 4002
+
+
+async def test_client_closes_on_an_ack_for_a_message_never_sent() -> None:
+    async def liar(session: ServerSession) -> None:
+        async for _ in session:
+            pass
+
+    async with (
+        serve(liar) as server,
+        resilient_ws.connect(f"ws://127.0.0.1:{server.port}/", backoff=FAST) as ws,
+    ):
+        events = ws.events()
+        await wait_until(lambda: len(server.sessions) == 1)
+        # Reach into the server's session to send a forged ack on the live link.
+        records = list(server.sessions._sessions.values())  # type: ignore[attr-defined]
+        session = records[0].state
+        await wait_until(lambda: session.connected)
+        await session._raw.pong(b"rws1 ack=99")
+        disconnected = await next_event(events, resilient_ws.Disconnected)
+        assert isinstance(disconnected.cause, resilient_ws.LinkClosed)
+        assert disconnected.cause.code == 4002
+        await next_event(events, resilient_ws.Resumed)  # and it comes back
+
+
+# ---- bad input: handshakes -----------------------------------------------------------------
+
+
+async def session_of(ws: resilient_ws.Connection) -> tuple[str, str]:
+    session = ws._session
+    assert session is not None
+    assert session.id is not None
+    assert session._token is not None
+    return session.id, session._token
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"RWS-Session": "abc", "RWS-Token": "t", "RWS-Received": "x", "RWS-Replay-From": "1"},
+        {"RWS-Session": "abc", "RWS-Received": "0", "RWS-Replay-From": "1"},
+        {"RWS-Session": "a b", "RWS-Token": "t", "RWS-Received": "0", "RWS-Replay-From": "1"},
+        {"RWS-Session": "abc", "RWS-Token": "t", "RWS-Received": "0", "RWS-Replay-From": "0"},
+    ],
+)
+async def test_malformed_resume_headers_get_400(headers: dict[str, str]) -> None:
+    async with serve(Echo()) as server:
+        with pytest.raises(InvalidStatus) as caught:
+            async with raw_connect(f"ws://127.0.0.1:{server.port}/", headers):
+                pass
+        assert caught.value.response.status_code == 400
+
+
+async def test_resume_numbers_out_of_range_get_400() -> None:
+    async with serve(Echo()) as server:
+        url = f"ws://127.0.0.1:{server.port}/"
+        async with resilient_ws.connect(url) as ws:
+            session_id, token = await session_of(ws)
+            forged = {
+                "RWS-Session": session_id,
+                "RWS-Token": token,
+                "RWS-Received": "5",  # the server sent nothing yet
+                "RWS-Replay-From": "1",
+            }
+            with pytest.raises(InvalidStatus) as caught:
+                async with raw_connect(url, forged):
+                    pass
+            assert caught.value.response.status_code == 400
+            await ws.send("still fine")
+            assert await ws.recv() == "still fine"
+
+
+async def test_wrong_token_gets_a_new_session_and_none_of_the_old_data() -> None:
+    async def talker(session: ServerSession) -> None:
+        await session.send(f"secret for {session.id}")
+        await anyio.sleep_forever()
+
+    async with serve(talker) as server:
+        url = f"ws://127.0.0.1:{server.port}/"
+        async with resilient_ws.connect(url) as ws:
+            session_id, token = await session_of(ws)
+            forged = {
+                "RWS-Session": session_id,
+                "RWS-Token": "A" * len(token),
+                "RWS-Received": "0",
+                "RWS-Replay-From": "1",
+            }
+            async with raw_connect(url, forged) as thief:
+                assert thief.response.headers["RWS-Resumed"] == "0"
+                assert thief.response.headers["RWS-Session"] != session_id
+                assert await thief.recv() == f"secret for {thief.response.headers['RWS-Session']}"
+            assert await ws.recv() == f"secret for {session_id}"
+
+
+async def test_resume_with_the_token_takes_the_session_over() -> None:
+    echo = Echo()
+    async with serve(echo) as server:
+        url = f"ws://127.0.0.1:{server.port}/"
+        async with resilient_ws.connect(url, backoff=FAST) as ws:
+            events = ws.events()
+            await ws.send("one")
+            assert await ws.recv() == "one"
+            await wait_until(lambda: ws.stats.unacked == 0)
+            session_id, token = await session_of(ws)
+            headers = {
+                "RWS-Session": session_id,
+                "RWS-Token": token,
+                "RWS-Received": "1",
+                "RWS-Replay-From": "2",
+            }
+            async with raw_connect(url, headers) as holder:
+                assert holder.response.headers["RWS-Resumed"] == "1"
+                disconnected = await next_event(events, resilient_ws.Disconnected)
+                assert disconnected.fatal
+                assert isinstance(disconnected.cause, resilient_ws.LinkClosed)
+                assert disconnected.cause.code == 4003
+                await holder.send("two")  # the holder continues the session
+                assert await holder.recv() == "two"
+            with pytest.raises(ConnectionFailed):
+                await ws.recv()
+        assert len(echo.sessions) == 1
+
+
+async def test_a_flood_of_resumes_is_throttled_with_429() -> None:
+    store: MemorySessionStore[ServerSession] = MemorySessionStore(resume_limit=3)
+    async with serve(Echo(), sessions=store) as server:
+        url = f"ws://127.0.0.1:{server.port}/"
+        async with resilient_ws.connect(url) as ws:
+            session_id, _ = await session_of(ws)
+            forged = {
+                "RWS-Session": session_id,
+                "RWS-Token": "wrong",
+                "RWS-Received": "0",
+                "RWS-Replay-From": "1",
+            }
+            for _ in range(3):
+                async with raw_connect(url, forged) as other:
+                    assert other.response.headers["RWS-Resumed"] == "0"
+            with pytest.raises(InvalidStatus) as caught:
+                async with raw_connect(url, forged):
+                    pass
+            assert caught.value.response.status_code == 429
+            assert int(caught.value.response.headers["Retry-After"]) >= 1
+            await ws.send("unaffected")
+            assert await ws.recv() == "unaffected"
+
+
+async def test_session_limit_answers_503_and_spares_the_others() -> None:
+    store: MemorySessionStore[ServerSession] = MemorySessionStore(max_sessions=1)
+    async with serve(Echo(), sessions=store) as server:
+        url = f"ws://127.0.0.1:{server.port}/"
+        async with resilient_ws.connect(url) as ws:
+            with pytest.raises(InvalidStatus) as caught:
+                async with raw_connect(url):
+                    pass
+            assert caught.value.response.status_code == 503
+            assert "Retry-After" in caught.value.response.headers
+            await ws.send("first")
+            assert await ws.recv() == "first"
+
+
+async def test_a_session_expires_after_its_ttl_and_the_client_hears_of_the_loss() -> None:
+    echo = Echo()
+    store: MemorySessionStore[ServerSession] = MemorySessionStore(ttl=0.3)
+    async with (
+        behind_proxy(echo, sessions=store) as (_, proxy),
+        resilient_ws.connect(proxy.url, backoff=FAST) as ws,
+    ):
+        events = ws.events()
+        await ws.send("a")
+        assert await ws.recv() == "a"
+        proxy.stop()
+        await wait_until(lambda: echo.errors)
+        assert isinstance(echo.errors[0], ConnectionFailed)
+        assert "expired" in str(echo.errors[0])
+        proxy.start()
+        gap = await next_event(events, resilient_ws.Gap)
+        assert (gap.first, gap.last, gap.reason) == (2, None, "session_lost")
+        lost = await next_event(events, resilient_ws.SessionLost)
+        assert lost.unacked == 0
+        await ws.send("b")
+        assert await ws.recv() == "b"
+        assert len(echo.sessions) == 2
+
+
+async def test_an_oversize_message_is_sent_unkept_and_its_loss_is_a_gap_on_the_server() -> None:
+    received: list[str] = []
+    sessions: list[ServerSession] = []
+
+    async def sink(session: ServerSession) -> None:
+        sessions.append(session)
+        async for message in session:
+            received.append(message)
+
+    async with behind_proxy(sink) as (_, proxy):
+        replay = Replay(max_bytes=100)
+        async with resilient_ws.connect(proxy.url, backoff=FAST, replay=replay) as ws:
+            events = ws.events()
+            await ws.send("small")
+            await wait_until(lambda: received == ["small"] and ws.stats.unacked == 0)
+            proxy.blackhole()  # the next message never arrives
+            await ws.send("x" * 200)  # too big to keep for replay
+            await ws.send("after")
+            proxy.reset()
+            proxy.restore()
+            await next_event(events, resilient_ws.Resumed)
+            await wait_until(lambda: received[-1:] == ["after"])
+    assert received == ["small", "after"]
+    gaps = sessions[0].gaps
+    assert [(gap.first, gap.last) for gap in gaps] == [(2, 2)]
+
+
+async def test_backpressure_on_a_live_link_keeps_every_message() -> None:
+    """A replay buffer full of unacknowledged messages makes send() wait, not drop."""
+    received: list[str] = []
+
+    async def slow(session: ServerSession) -> None:
+        async for message in session:
+            received.append(message)
+            await anyio.sleep(0.001)
+
+    async with serve(slow) as server:
+        replay = Replay(max_messages=4, ack_every=2)
+        async with resilient_ws.connect(f"ws://127.0.0.1:{server.port}/", replay=replay) as ws:
+            for i in range(100):
+                await ws.send(str(i))
+                assert ws.stats.unacked <= 4
+            await wait_until(lambda: len(received) == 100)
+    assert received == [str(i) for i in range(100)]
+
+
+async def test_the_classifier_makes_a_takeover_fatal() -> None:
+    error = resilient_ws.LinkClosed(4003, "session taken over")
+    assert resilient_ws.default_classifier(error) == "fatal"
