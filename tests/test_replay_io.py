@@ -413,6 +413,16 @@ async def test_backpressure_on_a_live_link_keeps_every_message() -> None:
     assert received == [str(i) for i in range(100)]
 
 
-async def test_the_classifier_makes_a_takeover_fatal() -> None:
-    error = resilient_ws.LinkClosed(4003, "session taken over")
-    assert resilient_ws.default_classifier(error) == "fatal"
+async def test_an_oversize_message_ends_with_1009_not_a_resend_loop() -> None:
+    echo = Echo()
+    async with serve(echo, max_size=1000) as server:
+        url = f"ws://127.0.0.1:{server.port}/"
+        async with resilient_ws.connect(url, backoff=FAST) as ws:
+            events = ws.events()
+            await ws.send("x" * 2000)
+            disconnected = await next_event(events, resilient_ws.Disconnected)
+            assert isinstance(disconnected.cause, resilient_ws.LinkClosed)
+            assert disconnected.cause.code == 1009
+            assert disconnected.fatal
+            with pytest.raises(ConnectionFailed):
+                await ws.recv()

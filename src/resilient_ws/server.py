@@ -324,6 +324,13 @@ class Server:
         _backend.resume_reading(connection)
         outcome = session.link_ended(connection)
         assert session.id is not None
+        log(
+            "session_detached",
+            session_id=session.id,
+            code=connection.close_code,
+            reason=connection.close_reason or "",
+            outcome=outcome,
+        )
         if outcome == "ended":
             self.sessions.close(session.id)
         elif outcome == "detached":
