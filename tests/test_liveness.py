@@ -214,6 +214,10 @@ def test_without_tcp_evidence_waits_unknown_timeout_then_aborts() -> None:
         (Evidence(tcp=Tcp(unacked=0, last_ack_recv=5.0)), Verdict.UNKNOWN, "none"),
         # ...but one within a kernel tick of it does: last_ack_recv is rounded to jiffies.
         (Evidence(tcp=Tcp(unacked=0, last_ack_recv=1.004)), Verdict.SERVER_STALLED, "tcp_acked"),
+        # A client that keeps sending has a segment awaiting its delayed ACK most of the
+        # time: ACKs since the probe, and no retransmission, still say the kernel is alive.
+        (Evidence(tcp=Tcp(unacked=1, last_ack_recv=0.02)), Verdict.SERVER_STALLED, "tcp_acked"),
+        (Evidence(tcp=Tcp(unacked=1, retransmits=1, last_ack_recv=0.02)), Verdict.UNKNOWN, "none"),
     ],
 )
 def test_diagnose(evidence: Evidence, verdict: Verdict, basis: str) -> None:

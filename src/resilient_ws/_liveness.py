@@ -127,9 +127,12 @@ def diagnose(evidence: Evidence, since_probe: float, policy: Keepalive) -> Diagn
         acked_since_probe = tcp.last_ack_recv <= since_probe + _KERNEL_TICK
         if tcp.zero_window:
             return Diagnosis(Verdict.SERVER_STALLED, "zero_window")
-        if tcp.unacked == 0 and acked_since_probe:
-            # The peer's kernel took our probe; its application does not answer. Behind a
-            # TCP-terminating proxy this speaks for the proxy only; max_server_stall bounds it.
+        quiet = tcp.retransmits == 0 and tcp.backoff == 0
+        if acked_since_probe and (tcp.unacked == 0 or quiet):
+            # The peer's kernel took our probe (a segment sent a moment ago may still await
+            # its delayed ACK); its application does not answer. Behind a TCP-terminating
+            # proxy this speaks for the proxy only; max_server_stall bounds it, and the
+            # keepalive re-probes, so a network that dies later is still caught.
             return Diagnosis(Verdict.SERVER_STALLED, "tcp_acked")
         if tcp.unacked > 0 and not acked_since_probe:
             if tcp.retransmits > 0 or tcp.backoff > 0:
