@@ -342,7 +342,7 @@ async def _network_phase(proxy: FaultProxy, run: _Run, iptables: bool) -> None:
         lost = await run.wait_for(Disconnected, start) if iptables else None
         await anyio.sleep_until(start + _OUTAGE)
     resumed = await run.wait_for(Resumed, start)
-    if resumed is None:
+    if resumed is None or await run.wait_for(Connected, resumed.at) is None:
         run.failures.append("the session did not resume after the network came back")
         return
     back = resumed.at - (start + _OUTAGE)
@@ -366,7 +366,7 @@ async def _reset_phase(proxy: FaultProxy, run: _Run) -> None:
     start = anyio.current_time()
     proxy.reset()
     resumed = await run.wait_for(Resumed, start)
-    if not isinstance(resumed, Resumed):
+    if not isinstance(resumed, Resumed) or await run.wait_for(Connected, resumed.at) is None:
         run.failures.append("the session did not resume after the connection dropped")
         return
     run.findings.append(

@@ -106,6 +106,8 @@ class LinkKeepalive:
         self._retrans_at_probe = info.total_retrans if info is not None else 0
         ticks = self._ticks_at_probe = 0 if self._monitor is None else self._monitor.ticks
         deadline = now + self.liveness.timeout
+        # A probe sent while the peer is stalled measures what is left of the stall.
+        during_stall = self._announced_stall
         self.liveness.probe_sent(now)
         try:
             wait_pong = await _backend.ping(self._raw)
@@ -116,10 +118,14 @@ class LinkKeepalive:
             with suppress(_backend.ConnectionClosed):
                 await wait_pong()
                 answered = anyio.current_time()
-                # A pong after its deadline, or one that waited while our own loop lagged,
-                # measured a stall, not the path (as Karn's algorithm ignores ambiguous
+                # A pong after its deadline, one sent during a peer stall, or one that waited
+                # while our own loop lagged, measured a stall, not the path (as Karn's algorithm ignores ambiguous
                 # samples): keep it out of SRTT.
-                if answered <= deadline and self._own_lag_since(ticks) < self._policy.client_lag:
+                if (
+                    answered <= deadline
+                    and not during_stall
+                    and self._own_lag_since(ticks) < self._policy.client_lag
+                ):
                     self._proof_of_life(self.liveness.pong(answered, now))
                 else:
                     self._proof_of_life(self.liveness.inbound(answered))
