@@ -118,9 +118,9 @@ class LinkKeepalive:
             with suppress(_backend.ConnectionClosed):
                 await wait_pong()
                 answered = anyio.current_time()
-                # A pong after its deadline, one sent during a peer stall, or one that waited
-                # while our own loop lagged, measured a stall, not the path (as Karn's algorithm ignores ambiguous
-                # samples): keep it out of SRTT.
+                # A pong after its deadline, one sent during a peer stall, or one that
+                # waited while our own loop lagged, measured a stall, not the path (as
+                # Karn's algorithm ignores ambiguous samples): keep it out of SRTT.
                 if (
                     answered <= deadline
                     and not during_stall

@@ -6,6 +6,9 @@ Subcommands:
     A client and a local ``serve()`` server through a GIL stall, a dead network, a dropped
     connection and a server restart, shown live, with a summary (``_demo.py``).
 
+``probe URL``
+    Like ``ping`` for a WebSocket server (``_probe.py``).
+
 ``analyze LOG...``
     Print an incident report from the library's JSON-lines log events (``_analyze.py``).
 
@@ -23,7 +26,7 @@ import importlib.util
 import sys
 from collections.abc import Sequence
 
-from . import _analyze, _demo
+from . import _analyze, _demo, _probe
 from ._logging import configure_json_logging
 
 __all__ = ["main"]
@@ -56,6 +59,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.print_usage(sys.stderr)
             print(f"{PROG}: error: a command is required", file=sys.stderr)
             return 2
+        if args.command == "probe":
+            return _probe.run_probe(
+                args.url, count=args.count, interval=args.interval, as_json=args.json
+            )
         if args.command == "analyze":
             return _analyze.run(args.logs, as_json=args.json, plot=args.plot)
         return _run_demo(args.backend, args.network, json_logs=args.json_logs)
@@ -107,6 +114,22 @@ def _build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also write the library's structured log events as JSON lines to stderr",
     )
+    probe = commands.add_parser(
+        "probe",
+        help="like ping, for a WebSocket server: RTT, timeout, server lag, TCP state",
+        description=(
+            "Connect to URL and probe the idle link every --interval seconds; print the "
+            "smoothed RTT, the adaptive timeout, the server's loop lag (resilient_ws "
+            "servers), the TCP state and the verdict, and every disconnect with its verdict. "
+            "Exits 0 when the link was up at every interval."
+        ),
+    )
+    probe.add_argument("url", help="ws:// or wss:// URL")
+    probe.add_argument("--count", type=_positive_int, help="stop after N intervals")
+    probe.add_argument(
+        "--interval", type=_positive_float, default=1.0, help="seconds (default: %(default)s)"
+    )
+    probe.add_argument("--json", action="store_true", help="one JSON object per line")
     analyze = commands.add_parser(
         "analyze",
         help="print an incident report from the library's JSON-lines log events",
@@ -127,6 +150,26 @@ def _build_parser() -> argparse.ArgumentParser:
         help="also draw a timeline into this PNG file (pip install 'resilient_ws[cli]')",
     )
     return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.01 <= value <= 3600:
+        raise argparse.ArgumentTypeError("must be between 0.01 and 3600 seconds")
+    return value
 
 
 def _build_server_parser() -> argparse.ArgumentParser:
