@@ -353,6 +353,7 @@ async def test_a_session_expires_after_its_ttl_and_the_client_hears_of_the_loss(
         events = ws.events()
         await ws.send("a")
         assert await ws.recv() == "a"
+        await wait_until(lambda: ws.stats.unacked == 0)  # the server acked "a"
         proxy.stop()
         await wait_until(lambda: echo.errors)
         assert isinstance(echo.errors[0], ConnectionFailed)

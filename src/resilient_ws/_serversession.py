@@ -29,7 +29,7 @@ from ._logging import log
 from ._outbox import Message, payload_size
 from ._replay import Gap, Inbound, Outbound
 from ._replaylink import ReplayLink
-from ._sync import Signal
+from ._sync import MessageIterator, Signal
 from .config import Replay
 from .exceptions import ConnectionClosed, ConnectionClosedOK, ConnectionFailed, LinkClosed
 
@@ -41,7 +41,7 @@ _MAX_GAPS = 64
 TAKEN_OVER = 4003
 
 
-class ServerSession:
+class ServerSession(MessageIterator):
     """One client's session, as ``serve()``'s handler sees it.
 
     Iterate over it (or call :meth:`recv`) to receive messages and call :meth:`send` to
@@ -173,15 +173,6 @@ class ServerSession:
                     continue  # not acknowledged: the client resends it
                 link.delivered(anyio.current_time())
             return message
-
-    def __aiter__(self) -> ServerSession:
-        return self
-
-    async def __anext__(self) -> Message:
-        try:
-            return await self.recv()
-        except ConnectionClosedOK:
-            raise StopAsyncIteration from None
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         """End the session and close its link (if one is attached) with ``code``."""

@@ -1,10 +1,17 @@
-"""A re-armable wake-up signal over anyio events."""
+"""A re-armable wake-up signal over anyio events, and ``async for`` over ``recv()``."""
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import anyio
 
-__all__ = ["Signal"]
+from ._outbox import Message
+from .exceptions import ConnectionClosedOK
+
+__all__ = ["MessageIterator", "Signal"]
+
+_I = TypeVar("_I", bound="MessageIterator")
 
 
 class Signal:
@@ -25,3 +32,20 @@ class Signal:
 
     async def wait(self) -> None:
         await self._event.wait()
+
+
+class MessageIterator:
+    """``async for message in ...`` over :meth:`recv`; the loop ends on a normal close
+    (:class:`~resilient_ws.ConnectionClosedOK`), any other end raises."""
+
+    async def recv(self) -> Message:
+        raise NotImplementedError
+
+    def __aiter__(self: _I) -> _I:
+        return self
+
+    async def __anext__(self) -> Message:
+        try:
+            return await self.recv()
+        except ConnectionClosedOK:
+            raise StopAsyncIteration from None

@@ -34,7 +34,7 @@ from ._replaylink import ReplayLink
 from ._resume import ClientSession, Resumption
 from ._state import Input, State, StateMachine
 from ._supervisor import Supervisor
-from ._sync import Signal
+from ._sync import MessageIterator, Signal
 from .config import Backoff, Failover, Keepalive, Replay, SendQueue
 from .events import (
     Closed,
@@ -129,7 +129,7 @@ class ConnectionStats:
     unacked: int
 
 
-class Connection:
+class Connection(MessageIterator):
     """A WebSocket connection that reconnects by itself and stays one object.
 
     Create it with :func:`connect` and use it as an async context manager::
@@ -373,16 +373,6 @@ class Connection:
                 await self._changed.wait()
         finally:
             self._receiving = False
-
-    def __aiter__(self) -> Connection:
-        return self
-
-    async def __anext__(self) -> Message:
-        """Next message for ``async for``; the loop ends when the application closed."""
-        try:
-            return await self.recv()
-        except ConnectionClosedOK:
-            raise StopAsyncIteration from None
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         """Close the connection for good and wait until it is closed.
