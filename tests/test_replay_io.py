@@ -89,15 +89,16 @@ def close_code(ws: Any) -> int | None:
 
 async def test_resilient_client_and_serve_negotiate_a_session() -> None:
     echo = Echo()
-    async with (
-        serve(echo) as server,
-        resilient_ws.connect(f"ws://127.0.0.1:{server.port}/") as ws,
-    ):
-        await ws.send("hello")
-        assert await ws.recv() == "hello"
-        assert ws.stats.session_id is not None
-        assert ws.stats.session_id == echo.sessions[0].id
-        assert echo.sessions[0].replay
+    async with serve(echo) as server:
+        async with resilient_ws.connect(f"ws://127.0.0.1:{server.port}/") as ws:
+            await ws.send("hello")
+            assert await ws.recv() == "hello"
+            assert ws.stats.session_id is not None
+            assert ws.stats.session_id == echo.sessions[0].id
+            assert echo.sessions[0].replay
+            assert len(server.sessions) == 1
+        # A normal close ends the session: the server keeps nothing.
+        await wait_until(lambda: len(server.sessions) == 0)
 
 
 async def test_plain_websockets_client_gets_a_one_link_session() -> None:
@@ -366,6 +367,7 @@ async def test_a_session_expires_after_its_ttl_and_the_client_hears_of_the_loss(
         await ws.send("b")
         assert await ws.recv() == "b"
         assert len(echo.sessions) == 2
+        assert len(store) == 1  # the expired session is gone
 
 
 async def test_an_oversize_message_is_sent_unkept_and_its_loss_is_a_gap_on_the_server() -> None:
