@@ -397,8 +397,9 @@ async def test_an_oversize_message_is_sent_unkept_and_its_loss_is_a_gap_on_the_s
     assert [(gap.first, gap.last) for gap in gaps] == [(2, 2)]
 
 
-async def test_backpressure_on_a_live_link_keeps_every_message() -> None:
-    """A replay buffer full of unacknowledged messages makes send() wait, not drop."""
+async def test_a_small_replay_buffer_bounds_memory_and_loses_nothing_on_a_live_link() -> None:
+    """Sending never waits for acks (no deadlock against a peer that is not reading): past
+    the bounds the oldest unacked messages leave the buffer, and TCP still delivers them."""
     received: list[str] = []
 
     async def slow(session: ServerSession) -> None:
@@ -414,6 +415,28 @@ async def test_backpressure_on_a_live_link_keeps_every_message() -> None:
                 assert ws.stats.unacked <= 4
             await wait_until(lambda: len(received) == 100)
     assert received == [str(i) for i in range(100)]
+
+
+async def test_an_echo_handler_does_not_deadlock_a_pipelining_client() -> None:
+    """Found by the replay benchmark: when send() waited for acks, an echo handler blocked
+    in send() stopped reading, and the client's acks sat unread behind its data."""
+    echo = Echo()
+    async with serve(echo) as server:
+        url = f"ws://127.0.0.1:{server.port}/"
+        async with resilient_ws.connect(url, replay=Replay(max_messages=64)) as ws:
+            count = 3000
+            got: list[str] = []
+
+            async def receive() -> None:
+                while len(got) < count:
+                    got.append(await ws.recv())
+
+            with anyio.fail_after(TIMEOUT):
+                async with anyio.create_task_group() as tasks:
+                    tasks.start_soon(receive)
+                    for i in range(count):
+                        await ws.send(str(i))
+            assert got == [str(i) for i in range(count)]
 
 
 async def test_an_oversize_message_ends_with_1009_not_a_resend_loop() -> None:

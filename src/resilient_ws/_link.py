@@ -5,8 +5,6 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import anyio
-
 from . import _backend
 from ._backend import RawLink
 from ._outbox import Message
@@ -53,7 +51,7 @@ class Link:
         except _backend.ConnectionClosed as exc:
             raise _backend.translate(exc) from exc
         if self._replay is not None:
-            self._replay.delivered(anyio.current_time())
+            self._replay.delivered()
         return message
 
 

@@ -76,10 +76,6 @@ class Outbox:
             dropped += item_size
         return count, dropped
 
-    def peek(self) -> tuple[Message, int]:
-        """The oldest message and its size, left in place."""
-        return self._items[0]
-
     def popleft(self) -> tuple[Message, int]:
         """Remove and return the oldest message and its size."""
         message, size = self._items.popleft()

@@ -114,7 +114,7 @@ class Outbound:
         ValueError: A bound is below 1.
     """
 
-    __slots__ = ("_buffer", "_max_bytes", "_max_messages", "acked", "sent", "size")
+    __slots__ = ("_buffer", "_max_bytes", "_max_messages", "acked", "overflowed", "sent", "size")
 
     def __init__(self, max_messages: int, max_bytes: int) -> None:
         if max_messages < 1:
@@ -131,6 +131,8 @@ class Outbound:
         """The highest number the peer acknowledged (by ``ack`` or its resume header)."""
         self.size = 0
         """Payload bytes in the replay buffer."""
+        self.overflowed = 0
+        """Unacknowledged messages dropped so far to stay within the bounds."""
 
     @property
     def count(self) -> int:
@@ -141,15 +143,6 @@ class Outbound:
     def replay_from(self) -> int:
         """The lowest number that can still be resent (``sent + 1`` when none can)."""
         return self.sent - len(self._buffer) + 1
-
-    def has_room(self, size: int) -> bool:
-        """Whether a message of ``size`` bytes can be recorded without dropping an
-        unacknowledged one. Always true when nothing is unacknowledged: a message too big
-        for the buffer is sent unkept rather than never."""
-        buffer = self._buffer
-        if not buffer:
-            return True
-        return len(buffer) < self._max_messages and self.size + size <= self._max_bytes
 
     def record(self, message: Message, size: int) -> int:
         """Number a data message being sent and keep it for replay.
@@ -162,12 +155,14 @@ class Outbound:
             The message's number in the session.
         """
         self.sent += 1
-        self._buffer.append((message, size))
+        buffer = self._buffer
+        buffer.append((message, size))
         self.size += size
         # A message that alone exceeds max_bytes empties the buffer, itself included:
         # keeping older ones behind a hole would make them useless for replay.
-        while len(self._buffer) > self._max_messages or self.size > self._max_bytes:
+        while len(buffer) > self._max_messages or self.size > self._max_bytes:
             self._release_oldest()
+            self.overflowed += 1
         return self.sent
 
     def ack(self, number: int) -> None:
@@ -255,7 +250,7 @@ class Outbound:
     def _release_through(self, number: int) -> None:
         """Record ``number`` as acknowledged; drop buffered messages ``<= number``."""
         self.acked = number
-        while self._buffer and self.replay_from <= number:
+        for _ in range(min(len(self._buffer), number - self.replay_from + 1)):
             self._release_oldest()
 
     def _release_oldest(self) -> None:

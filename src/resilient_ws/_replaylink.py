@@ -52,7 +52,7 @@ class ReplayLink:
         "_inbound",
         "_log_fields",
         "_outbound",
-        "_room",
+        "_overflow_logged",
         "_wake",
         "raw",
         "retired",
@@ -74,42 +74,39 @@ class ReplayLink:
         self._ack_every = ack_every
         self._log_fields = dict(log_fields)
         self._wake = anyio.Event()
-        # Set when an ack makes room in the replay buffer; created by a waiting task
-        # (anyio events cannot be created in the frame hook, outside any task).
-        self._room: anyio.Event | None = None
+        self._overflow_logged = False
         self.retired = False
         """The session moved on: messages still read from this link are not delivered."""
         self.violation: ProtocolViolation | None = None
         """How the peer broke the protocol on this link, if it did."""
         raw.control = self
 
-    def has_room(self, size: int) -> bool:
-        """Whether a message of ``size`` bytes fits in the replay buffer now."""
-        return self._outbound.has_room(size)
-
-    async def wait_for_room(self, size: int) -> None:
-        """Wait until the peer's acks make room for ``size`` bytes, or the link retires.
-
-        While a link is up a full replay buffer is backpressure, as a TCP window is:
-        sending waits for acks rather than dropping messages the peer may still need.
-        """
-        while not self.retired and not self._outbound.has_room(size):
-            if self._room is None:
-                self._room = anyio.Event()
-            await self._room.wait()
-
     def record(self, message: Message, size: int | None = None) -> int:
-        """Number a data message about to be sent on this link; keep it for replay."""
-        return self._outbound.record(message, payload_size(message) if size is None else size)
+        """Number a data message about to be sent on this link; keep it for replay.
 
-    def delivered(self, now: float) -> int:
+        Sending never waits for acks: they travel behind data, and a sender that waited
+        for them could deadlock against a peer whose application is not reading. A full
+        buffer drops its oldest messages instead; the peer learns of any it lacks, as an
+        exact gap, when it resumes.
+        """
+        outbound = self._outbound
+        overflowed = outbound.overflowed
+        number = outbound.record(message, payload_size(message) if size is None else size)
+        if outbound.overflowed != overflowed and not self._overflow_logged:
+            self._overflow_logged = True  # once per link
+            log("replay_overflowed", logging.WARNING, **self._log_fields,
+                dropped_through=outbound.replay_from - 1)  # fmt: skip
+        return number
+
+    def delivered(self) -> int:
         """Count a data message of this link that the application received; its number."""
         inbound = self._inbound
-        number = inbound.deliver(now)
-        unacked = inbound.unacked
+        # The frame hook stamped the arrival: cheaper than reading the clock again.
+        number = inbound.deliver(self.raw.last_inbound)
+        unacked = number - inbound.acked
         # The ack task sleeps until the first unacknowledged message arms its timer, or
         # until enough of them are due by count.
-        if unacked == 1 or unacked >= self._ack_every:
+        if unacked == 1 or unacked == self._ack_every:
             self._wake.set()
         return number
 
@@ -117,12 +114,6 @@ class ReplayLink:
         """The link ended (or was taken over): deliver nothing more from it."""
         self.retired = True
         self._wake.set()
-        self._made_room()
-
-    def _made_room(self) -> None:
-        room, self._room = self._room, None
-        if room is not None:
-            room.set()
 
     async def run(self) -> None:
         """Send acks when due, until the link closes; close it on a protocol violation."""
@@ -154,7 +145,6 @@ class ReplayLink:
             ack = ack_of(fields)
             if ack is not None:
                 self._outbound.ack(ack)
-                self._made_room()
         except ControlError as exc:
             self._violated(ProtocolViolation(exc.code, str(exc)))
         except ProtocolViolation as exc:

@@ -21,8 +21,6 @@ from collections import deque
 from contextlib import suppress
 from typing import Any, Literal
 
-import anyio
-
 from . import _backend
 from ._backend import RawLink
 from ._logging import log
@@ -105,10 +103,10 @@ class ServerSession(MessageIterator):
     async def send(self, message: Message) -> None:
         """Send a message; while the client is away, buffer it for the next link.
 
-        While a link is up and the replay buffer is full of messages the client has not
-        acknowledged, this waits for its acks (backpressure). While the client is away it
-        does not wait: past the buffer's bounds the oldest messages are dropped, and the
-        client is told the exact range when it resumes (a ``Gap``).
+        It never waits for the client's acks: past the replay buffer's bounds (messages
+        the client has not acknowledged, or sent while it was away) the oldest are
+        dropped, logged (``resilient_ws.replay_overflowed``), and reported to the client
+        as an exact ``Gap`` if it turns out to lack them when it resumes.
 
         Raises:
             TypeError: ``message`` is neither ``str`` nor ``bytes``.
@@ -116,18 +114,10 @@ class ServerSession(MessageIterator):
         """
         if not isinstance(message, (str, bytes)):
             raise TypeError(f"message must be str or bytes, not {type(message).__name__}")
-        size = payload_size(message)
-        while True:
-            if self._error is not None:
-                raise self._error
-            if self._resuming is not None:
-                await self._changed.wait()
-                continue
-            link = self._link
-            if link is not None and not link.has_room(size):
-                await link.wait_for_room(size)
-                continue
-            break
+        while self._resuming is not None and self._error is None:
+            await self._changed.wait()
+        if self._error is not None:
+            raise self._error
         raw = self._raw
         if not self.replay:
             assert raw is not None
@@ -136,7 +126,7 @@ class ServerSession(MessageIterator):
             except _backend.ConnectionClosed as exc:
                 raise self._link_ended_error(raw) from exc
             return
-        self._record(message, size)
+        self._record(message)
         if raw is not None:
             # If the link dies under this send, the replay buffer still has the message.
             with suppress(_backend.ConnectionClosed):
@@ -171,7 +161,7 @@ class ServerSession(MessageIterator):
             if link is not None:
                 if link.retired:
                     continue  # not acknowledged: the client resends it
-                link.delivered(anyio.current_time())
+                link.delivered()
             return message
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
@@ -183,12 +173,13 @@ class ServerSession(MessageIterator):
                 await self._link.send_ack()
             await _backend.close_link(raw, code, reason)
 
-    def _record(self, message: Message, size: int) -> None:
+    def _record(self, message: Message) -> None:
         outbound = self.outbound
-        outbound.record(message, size)
-        # Unacknowledged messages dropped while the client is away: the client will get
-        # a Gap; say so here too, once per absence.
-        if outbound.replay_from - 1 > outbound.acked and not self._overflow_logged:
+        overflowed = outbound.overflowed
+        outbound.record(message, payload_size(message))
+        # Unacknowledged messages were dropped: the client gets a Gap if it lacks them
+        # when it resumes; say so here too, once per link or absence.
+        if outbound.overflowed != overflowed and not self._overflow_logged:
             self._overflow_logged = True
             log("replay_overflowed", logging.WARNING, session_id=self.id,
                 dropped_through=outbound.replay_from - 1)  # fmt: skip

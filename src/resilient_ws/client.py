@@ -272,19 +272,13 @@ class Connection(MessageIterator):
             QueueFull: The queue is full and its policy is ``when_full="raise"``.
             ConnectionClosed: The connection is closed or closing.
         """
-        # The fast path: a link is up, nothing is queued, the replay buffer has room.
+        # The fast path: one attribute check while a link is up and nothing is queued.
         raw = self._fast
-        replay = self._replay_link  # the live link's, if it speaks the protocol
-        if (
-            raw is None
-            or not (type(message) is str or type(message) is bytes)
-            or (replay is not None and not replay.has_room(payload_size(message)))
-        ):
+        if raw is None or not (type(message) is str or type(message) is bytes):
             raw = await self._send_slow(message)
             if raw is None:
                 return  # queued
-            replay = self._replay_link
-        # No await since the room was checked: recording cannot drop a message.
+        replay = self._replay_link  # the live link's, if it speaks the protocol
         if replay is not None:
             replay.record(message)
         try:
@@ -307,13 +301,8 @@ class Connection(MessageIterator):
         if not isinstance(message, (str, bytes)):
             raise TypeError(f"message must be str or bytes, not {type(message).__name__}")
         self._check_sendable()
-        size = payload_size(message)
-        while self._fast is not None:
-            replay = self._replay_link
-            if replay is None or replay.has_room(size):
-                return self._fast
-            await replay.wait_for_room(size)  # returns early if the link ends
-            self._check_sendable()
+        if self._fast is not None:
+            return self._fast
         await self._enqueue(message)
         if self._live is not None:
             await self._flush(self._live)
@@ -365,7 +354,7 @@ class Connection(MessageIterator):
                     if replay is not None:
                         if replay.retired:
                             continue  # not acknowledged: the server resends it
-                        replay.delivered(anyio.current_time())
+                        replay.delivered()
                     self._received += 1
                     return message
                 if self._error is not None:
@@ -476,8 +465,6 @@ class Connection(MessageIterator):
         replay = self._numbering(raw)
         try:
             while self._outbox:
-                if replay is not None:
-                    await self._wait_for_room(replay, raw)
                 message, size = self._outbox.popleft()
                 self._changed.notify()  # room for senders waiting on a full queue
                 if replay is not None:
@@ -496,17 +483,6 @@ class Connection(MessageIterator):
             self._flushing = False
             self._refresh_fast()
         return count
-
-    async def _wait_for_room(self, replay: ReplayLink, raw: RawLink) -> None:
-        """Wait until the replay buffer has room for the head of the queue.
-
-        Raises:
-            LinkClosed: The link ended while waiting.
-        """
-        _, size = self._outbox.peek()
-        await replay.wait_for_room(size)
-        if replay.retired:
-            raise _backend.link_closed_error(raw)
 
     # ---- serving the supervisor (the Session protocol) -----------------------------------
 
