@@ -62,3 +62,15 @@ async def test_close_stops_the_server() -> None:
         assert port > 0
     with pytest.raises(OSError, match=r"ttempts failed|refused"):
         await anyio.connect_tcp("127.0.0.1", port)
+
+
+async def test_leaving_serve_on_a_cancellation_returns() -> None:
+    """On trio, websockets' server waited forever for its cancelled serving task."""
+    with anyio.fail_after(TIMEOUT), anyio.move_on_after(0.2) as scope:
+        async with serve_echo() as server:
+            url = f"ws://127.0.0.1:{server.port}/"
+            async with resilient_ws.connect(url) as ws:
+                await ws.send("x")
+                assert await ws.recv() == "x"
+                await anyio.sleep_forever()
+    assert scope.cancelled_caught

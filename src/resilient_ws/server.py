@@ -148,6 +148,18 @@ class Server:
         """Wait until the server is closed (or the caller is cancelled)."""
         await anyio.sleep_forever()
 
+    async def _serve_shielded(
+        self, serve: Callable[..., Awaitable[None]], *, task_status: anyio.abc.TaskStatus[Any]
+    ) -> None:
+        """Run websockets' trio server out of reach of the caller's cancellation.
+
+        Its ``aclose()`` waits for the serving task to finish its handlers; had that task
+        been cancelled with the caller's scope, leaving ``async with`` on a cancellation
+        would wait forever. :meth:`aclose` ends it instead.
+        """
+        with anyio.CancelScope(shield=True):
+            await serve(task_status=task_status)
+
     async def _run_monitors(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(self.monitor.run)
@@ -175,7 +187,8 @@ class Server:
             from websockets.trio.server import serve as trio_serve
 
             start = functools.partial(trio_serve, self._handle, self._port, host=self._host)
-            return await self._tasks.start(functools.partial(start, **options))
+            serving = functools.partial(start, **options)
+            return await self._tasks.start(self._serve_shielded, serving)
         from websockets.asyncio.server import serve as asyncio_serve
 
         return await asyncio_serve(self._handle, self._host, self._port, **options)
