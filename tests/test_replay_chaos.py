@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -21,12 +20,12 @@ import threading
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from functools import cache
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
+from _firewall import Firewall, no_iptables
 from _helpers import FAST, TIMEOUT, next_event
 from _servers import free_port
 
@@ -163,14 +162,6 @@ def serve(handler: Any, **kwargs: Any) -> resilient_ws.Server:
     return resilient_ws.serve(handler, "127.0.0.1", 0, stall_threshold=None, **kwargs)
 
 
-async def close_server(server: resilient_ws.Server) -> None:
-    """Close the server, bounded: leaving ``async with serve()`` closes it shielded, so a
-    connection it never finished with would hang the test instead of failing it."""
-    with anyio.move_on_after(TIMEOUT) as scope:
-        await server.aclose()
-    assert not scope.cancelled_caught, f"the server did not close within {TIMEOUT} s"
-
-
 # ---- 1. chaos: a proxy process killed at random while both sides stream -----------------
 
 
@@ -181,7 +172,9 @@ class Stream:
     sent: int = 0
     received: list[int] = field(default_factory=list)
 
-    async def send_numbers(self, send: Callable[[str], Awaitable[None]], stop: anyio.Event) -> None:
+    async def send_numbers(
+        self, send: Callable[[str], Awaitable[None]], stop: threading.Event
+    ) -> None:
         """Send 1, 2, 3... at ``RATE`` until ``stop`` is set (or ``MAX_STREAMING`` passed)."""
         start = anyio.current_time()
         while not stop.is_set() and self.sent < RATE * MAX_STREAMING:
@@ -198,14 +191,15 @@ class Stream:
 class ChaosHandler:
     """Streams the server's numbers and records the client's, for the session's whole life.
 
-    It never ends the session itself: it returns when the client closes normally.
+    It never ends the session itself: it returns when the client closes normally. It runs
+    in the server's thread; its events are thread-safe for the test's.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, stop: threading.Event) -> None:
         self.stream = Stream()
-        self.stop = anyio.Event()
-        self.streamed = anyio.Event()
-        self.done = anyio.Event()
+        self.stop = stop
+        self.streamed = threading.Event()
+        self.done = threading.Event()
         self.sessions: list[ServerSession] = []
 
     async def __call__(self, session: ServerSession) -> None:
@@ -222,6 +216,57 @@ class ChaosHandler:
     async def _stream(self, session: ServerSession) -> None:
         await self.stream.send_numbers(session.send, self.stop)
         self.streamed.set()
+
+
+class ChaosServer:
+    """``serve(ChaosHandler)`` in a thread of its own, on an event loop of the test's backend.
+
+    Leaving ``async with serve()`` is shielded from cancellation: a server that cannot
+    close would hang the test's event loop for good. In a thread of its own it fails the
+    test instead (and the thread is left behind).
+    """
+
+    def __init__(self, backend: str, handler: ChaosHandler, **options: Any) -> None:
+        self.handler = handler
+        self.port = 0
+        self.error: BaseException | None = None
+        self._backend = backend
+        self._options = options
+        self._ready = threading.Event()
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="ChaosServer", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            anyio.run(self._serve, backend=self._backend)
+        except BaseException as exc:  # reported by start() or stop(), in the test's thread
+            self.error = exc
+        finally:
+            self._ready.set()
+
+    async def _serve(self) -> None:
+        async with serve(self.handler, **self._options) as server:
+            self.port = server.port
+            self._ready.set()
+            with anyio.move_on_after(MAX_STREAMING):
+                while not self._stopping.is_set():  # noqa: ASYNC110 - set from another thread
+                    await anyio.sleep(0.01)
+
+    def start(self) -> None:
+        self._thread.start()
+        if not self._ready.wait(TIMEOUT) or self.error is not None:
+            raise RuntimeError("the chaos server did not start") from self.error
+
+    def stop(self) -> None:
+        """Close the server, waiting at most ``TIMEOUT`` seconds (see :meth:`check`)."""
+        self._stopping.set()
+        self._thread.join(TIMEOUT)
+
+    def check(self) -> None:
+        """Fail if the server did not close, or failed."""
+        assert not self._thread.is_alive(), f"serve() did not close within {TIMEOUT} s"
+        if self.error is not None:
+            raise self.error
 
 
 class Chaos:
@@ -270,6 +315,7 @@ class Chaos:
 
 async def run_chaos(
     request: pytest.FixtureRequest,
+    backend: str,
     *,
     disconnects: int,
     firewall: Firewall | None = None,
@@ -277,8 +323,8 @@ async def run_chaos(
     seed = random.randrange(2**32)
     request.node.user_properties.append(("seed", seed))
     rng = random.Random(seed)
-    handler = ChaosHandler()
-    stop = handler.stop
+    stop = threading.Event()  # both sides stop streaming
+    handler = ChaosHandler(stop)
     client = Stream()
     client_streamed = anyio.Event()
     events: list[Event] = []
@@ -293,7 +339,9 @@ async def run_chaos(
         async for message in ws:
             client.receive(message)
 
-    async with serve(handler, sessions=sessions, replay=Replay(max_messages=BUFFER)) as server:
+    server = ChaosServer(backend, handler, sessions=sessions, replay=Replay(max_messages=BUFFER))
+    await anyio.to_thread.run_sync(server.start)
+    try:
         port = free_port()
         with child(PROXY, str(port), str(server.port)) as proxy:
             await anyio.to_thread.run_sync(proxy.start)
@@ -322,7 +370,7 @@ async def run_chaos(
                 stop.set()
                 with anyio.fail_after(TIMEOUT):
                     await client_streamed.wait()
-                    await handler.streamed.wait()
+                await wait_until(handler.streamed.is_set)
                 # Both sides got everything the other sent (the last link may still be
                 # coming up and resending).
                 await wait_until(
@@ -332,9 +380,10 @@ async def run_chaos(
                     )
                 )
                 await ws.close()
-            with anyio.fail_after(TIMEOUT):
-                await handler.done.wait()
-        await close_server(server)
+            await wait_until(handler.done.is_set)
+    finally:
+        await anyio.to_thread.run_sync(server.stop)
+    server.check()
 
     disconnected = [e for e in events if isinstance(e, Disconnected) and e.uptime is not None]
     resumed = [e for e in events if isinstance(e, Resumed)]
@@ -378,61 +427,12 @@ async def run_chaos(
     ],
 )
 async def test_chaos_every_message_exactly_once_in_order_both_ways(
-    request: pytest.FixtureRequest, disconnects: int
+    request: pytest.FixtureRequest, anyio_backend: str, disconnects: int
 ) -> None:
-    await run_chaos(request, disconnects=disconnects)
+    await run_chaos(request, anyio_backend, disconnects=disconnects)
 
 
 # ---- iptables (long form only) ---------------------------------------------------------
-
-
-class Firewall:
-    """Adds iptables DROP rules on one loopback port and removes every one on the way out."""
-
-    @contextmanager
-    def drop(self, port: int) -> Iterator[None]:
-        # On lo each segment passes INPUT once: --dport catches the client's, --sport the
-        # proxy's answers.
-        rules = [
-            ["INPUT", "-i", "lo", "-s", "127.0.0.1", "-p", "tcp", f"--{end}", str(port),
-             *_TAG, "-j", "DROP"]
-            for end in ("dport", "sport")
-        ]  # fmt: skip
-        added: list[list[str]] = []
-        try:
-            for rule in rules:
-                _iptables("-I", *rule)
-                added.append(rule)
-            yield
-        finally:
-            failed = []
-            for rule in added:
-                try:
-                    _iptables("-D", *rule)
-                except subprocess.SubprocessError as exc:
-                    failed.append(f"{rule}: {exc}")
-            if failed:
-                raise RuntimeError(f"iptables rules left behind: {failed}")
-
-
-_TAG = ["-m", "comment", "--comment", "resilient_ws-test-replay-chaos"]
-
-
-def _iptables(*args: str) -> None:
-    subprocess.run(["iptables", "-w", "10", *args], check=True, capture_output=True, timeout=30)
-
-
-@cache
-def _no_iptables() -> str | None:
-    if os.geteuid() != 0:
-        return "dropping packets with iptables needs root"
-    if shutil.which("iptables") is None:
-        return "iptables is not installed"
-    try:
-        _iptables("-S", "INPUT")
-    except (subprocess.SubprocessError, OSError) as exc:
-        return f"iptables does not work on this machine: {exc}"
-    return None
 
 
 @pytest.mark.slow
@@ -440,12 +440,12 @@ def _no_iptables() -> str | None:
 @pytest.mark.root
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="iptables is Linux only")
 async def test_chaos_with_packet_drops_exactly_once_in_order_both_ways(
-    request: pytest.FixtureRequest,
+    request: pytest.FixtureRequest, anyio_backend: str
 ) -> None:
-    reason = _no_iptables()
+    reason = no_iptables()
     if reason is not None:
         pytest.skip(reason)
-    await run_chaos(request, disconnects=100, firewall=Firewall())
+    await run_chaos(request, anyio_backend, disconnects=100, firewall=Firewall())
 
 
 # ---- 2. the server restarts: the session is lost, and the client says exactly what -------
@@ -566,7 +566,6 @@ async def test_away_buffer_overflow_is_an_exact_gap() -> None:
                 await ws.send("bye")
             with anyio.fail_after(TIMEOUT):
                 await handler.done.wait()
-        await close_server(server)
 
     session = handler.sessions[0]
     # 18 sent, the client had 3, the buffer kept the last 10 (9..18): 4..8 are gone.
