@@ -289,6 +289,10 @@ class ServerSession(MessageIterator):
     def _detach(self) -> None:
         if self._link is not None:
             self._link.retire()
+        if self._raw is not None:
+            # Nobody reads a detached link any more: websockets' trio connection would
+            # stop reading it once its buffer fills, and never see it end.
+            _backend.resume_reading(self._raw)
         self._raw = self._link = None
         self._changed.notify()
 
