@@ -53,6 +53,7 @@ __all__ = [
     "offer_subprotocol",
     "open_link",
     "parse_retry_after",
+    "peer_address",
     "response_headers",
     "resume_reading",
     "ping",
@@ -234,6 +235,15 @@ def offer_subprotocol(
         extra[name] = value
     offered = [subprotocol, *(options.get("subprotocols") or ())]
     return {**options, "additional_headers": extra, "subprotocols": offered}
+
+
+def peer_address(raw: Any) -> Any:
+    """The link's remote address, or ``None``: on trio it calls ``getpeername()``, which
+    raises once the peer is gone."""
+    try:
+        return getattr(raw, "remote_address", None)
+    except OSError:
+        return None
 
 
 def header_dict(headers: Any) -> dict[str, str]:

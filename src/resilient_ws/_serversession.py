@@ -86,7 +86,7 @@ class ServerSession(MessageIterator):
     @property
     def remote_address(self) -> Any:
         """The current link's remote address, or ``None`` while the client is away."""
-        return None if self._raw is None else getattr(self._raw, "remote_address", None)
+        return None if self._raw is None else _backend.peer_address(self._raw)
 
     @property
     def connected(self) -> bool:

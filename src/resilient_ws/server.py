@@ -215,7 +215,7 @@ class Server:
             return response
         if response.headers.get("Sec-WebSocket-Protocol") != SUBPROTOCOL:
             return response
-        peer = str(getattr(connection, "remote_address", None))
+        peer = str(_backend.peer_address(connection))
         try:
             resume = parse_resume(_backend.header_dict(request.headers))
         except ControlError as exc:
@@ -298,6 +298,14 @@ class Server:
     # ---- serving links -----------------------------------------------------------------
 
     async def _handle(self, connection: Any) -> None:
+        try:
+            await self._serve_link(connection)
+        finally:
+            # However the link ended, let websockets' trio connection read to its end:
+            # with its read paused on a full buffer it would never close.
+            _backend.resume_reading(connection)
+
+    async def _serve_link(self, connection: Any) -> None:
         granted = self._granted.pop(connection, None)
         if granted is None:
             session = ServerSession(session_id=None, policy=None, request=connection.request)
@@ -371,7 +379,7 @@ class Server:
             keepalive = LinkKeepalive(
                 connection,
                 self._keepalive,
-                url=f"peer:{connection.remote_address}",
+                url=f"peer:{_backend.peer_address(connection)}",
                 connection_id=secrets.token_hex(4),
                 emit=lambda event: None,
                 monitor=self.monitor,
