@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 from . import _backend
 from ._backend import RawLink
 from ._outbox import Message
+
+if TYPE_CHECKING:
+    from ._replaylink import ReplayLink
 
 __all__ = ["Link", "OnConnect"]
 
@@ -26,7 +29,9 @@ class Link:
 
     __slots__ = ("_raw", "_replay", "number", "subprotocol", "url")
 
-    def __init__(self, raw: RawLink, url: str, number: int, replay: Any = None) -> None:
+    def __init__(
+        self, raw: RawLink, url: str, number: int, replay: ReplayLink | None = None
+    ) -> None:
         self._raw = raw
         # The link's ReplayLink when it speaks the replay protocol: its messages are
         # numbered like any other.

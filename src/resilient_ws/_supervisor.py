@@ -26,6 +26,7 @@ from ._lag import LoopLagMonitor
 from ._link import Link, OnConnect
 from ._liveness import Diagnosis, Verdict
 from ._logging import log, redact_url
+from ._replaylink import ReplayLink
 from .config import Backoff, Failover, Keepalive
 from .events import Connected, Connecting, Disconnected, Event, Reconnecting
 from .exceptions import (
@@ -62,7 +63,7 @@ class Session(Protocol):
     async def _run_link(self, raw: RawLink) -> None:
         """The session's own work on a published link, until it ends (acks)."""
 
-    def _numbering(self, raw: RawLink) -> Any:
+    def _numbering(self, raw: RawLink) -> ReplayLink | None:
         """The replay protocol on ``raw`` (a ``ReplayLink``), or ``None``."""
 
     async def _flush(self, raw: RawLink) -> int:
