@@ -49,7 +49,7 @@ DEVICE_KEEPALIVE = resilient_ws.Keepalive(max_server_stall=2.0)
 # An attempt through a dead network hangs in the opening handshake: give up on it after 1 s
 # (websockets' open_timeout; 10 s by default) and retry, at most 1 s apart.
 OPEN_TIMEOUT = 1.0
-DEVICE_BACKOFF = resilient_ws.Backoff(first_delay=0.1, base=0.25, max_delay=1.0)
+DEVICE_BACKOFF = resilient_ws.Backoff(first_delay=0.1, max_delay=1.0)
 # Longest wait at the end for the collector to receive the last reading.
 DRAIN_TIMEOUT = 10.0
 

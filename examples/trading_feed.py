@@ -62,7 +62,7 @@ HISTORY = 10_000
 # updates) overflows it. On a live link it is a window, never a loss.
 GATEWAY_REPLAY = resilient_ws.Replay(max_messages=100)
 # The client retries fast and often: a trading client wants its feed back.
-CLIENT_BACKOFF = resilient_ws.Backoff(first_delay=0.05, base=0.1, max_delay=0.5)
+CLIENT_BACKOFF = resilient_ws.Backoff(first_delay=0.05, max_delay=0.5)
 OUTAGE = 1.5
 RESTART_DOWNTIME = 0.5
 # Longest waits for the client to reconnect after a fault, and at the end to apply the

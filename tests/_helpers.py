@@ -12,7 +12,7 @@ from resilient_ws import Backoff, Event
 E = TypeVar("E", bound=Event)
 
 # Short delays keep the tests fast; the arithmetic itself is tested in test_backoff.py.
-FAST = Backoff(first_delay=0.01, base=0.05, max_delay=0.2)
+FAST = Backoff(first_delay=0.01, max_delay=0.2)
 TIMEOUT = 20.0  # generous bound: only a real bug (a hang) exceeds it
 
 

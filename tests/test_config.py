@@ -11,7 +11,6 @@ from resilient_ws import Backoff, Failover, SendQueue
 INVALID: list[tuple[type[Any], str, object]] = [
     (Backoff, "first_delay", -0.1),
     (Backoff, "first_delay", math.nan),
-    (Backoff, "base", -1.0),
     (Backoff, "multiplier", 0.5),
     (Backoff, "max_delay", -1.0),
     (Backoff, "stable_after", -1.0),
@@ -40,7 +39,6 @@ def test_invalid_value_raises_value_error(cls: type[Any], field: str, value: obj
             Backoff,
             {
                 "first_delay": 0,
-                "base": 0,
                 "multiplier": 1,
                 "max_delay": 0,
                 "stable_after": 0,

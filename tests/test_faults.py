@@ -52,7 +52,7 @@ E = TypeVar("E", bound=Event)
 Record = Callable[[str, object], None]
 
 STALL_SERVER = Path(__file__).with_name("stall_server.py")
-FAST = Backoff(first_delay=0.01, base=0.05, max_delay=0.2)
+FAST = Backoff(first_delay=0.01, max_delay=0.2)
 # Short attempts, so that reconnecting through a DROP does not hang 10 s per attempt.
 OPEN_TIMEOUT = 1.0
 # Generous bounds: a dead link is judged in about 2 s with the default Keepalive.

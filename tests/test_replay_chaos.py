@@ -36,7 +36,6 @@ from resilient_ws import (
     Disconnected,
     Event,
     Gap,
-    MemorySessionStore,
     Replay,
     Resumed,
     SendQueue,
@@ -60,7 +59,7 @@ RATE = 300
 MAX_STREAMING = 600
 # Reconnect fast, and keep the delays short even though no link lives long enough to count
 # as stable between kills.
-CHAOS_BACKOFF = Backoff(first_delay=0.01, base=0.05, max_delay=0.2, stable_after=0.5)
+CHAOS_BACKOFF = Backoff(first_delay=0.01, max_delay=0.2, stable_after=0.5)
 # Sized for the longest outage the chaos causes (an iptables drop of a few seconds at RATE),
 # so that a Gap in these runs is a bug, not a slow machine; overflow has its own test below.
 BUFFER = 20_000
@@ -171,14 +170,15 @@ class Stream:
 
     sent: int = 0
     received: list[int] = field(default_factory=list)
+    rate: int = RATE
 
     async def send_numbers(
         self, send: Callable[[str], Awaitable[None]], stop: threading.Event
     ) -> None:
-        """Send 1, 2, 3... at ``RATE`` until ``stop`` is set (or ``MAX_STREAMING`` passed)."""
+        """Send 1, 2, 3... at ``rate`` until ``stop`` is set (or ``MAX_STREAMING`` passed)."""
         start = anyio.current_time()
-        while not stop.is_set() and self.sent < RATE * MAX_STREAMING:
-            due = int((anyio.current_time() - start) * RATE)
+        while not stop.is_set() and self.sent < self.rate * MAX_STREAMING:
+            due = int((anyio.current_time() - start) * self.rate)
             while self.sent < due and not stop.is_set():
                 await send(str(self.sent + 1))
                 self.sent += 1
@@ -195,8 +195,8 @@ class ChaosHandler:
     in the server's thread; its events are thread-safe for the test's.
     """
 
-    def __init__(self, stop: threading.Event) -> None:
-        self.stream = Stream()
+    def __init__(self, stop: threading.Event, rate: int = RATE) -> None:
+        self.stream = Stream(rate=rate)
         self.stop = stop
         self.streamed = threading.Event()
         self.done = threading.Event()
@@ -328,8 +328,6 @@ async def run_chaos(
     client = Stream()
     client_streamed = anyio.Event()
     events: list[Event] = []
-    # The default throttle (10 resumes per minute) would answer this chaos with 429s.
-    sessions: MemorySessionStore[ServerSession] = MemorySessionStore(resume_limit=100_000)
 
     async def stream_from_client(ws: resilient_ws.Connection) -> None:
         await client.send_numbers(ws.send, stop)
@@ -339,7 +337,7 @@ async def run_chaos(
         async for message in ws:
             client.receive(message)
 
-    server = ChaosServer(backend, handler, sessions=sessions, replay=Replay(max_messages=BUFFER))
+    server = ChaosServer(backend, handler, replay=Replay(max_messages=BUFFER))
     await anyio.to_thread.run_sync(server.start)
     try:
         port = free_port()
@@ -430,6 +428,110 @@ async def test_chaos_every_message_exactly_once_in_order_both_ways(
     request: pytest.FixtureRequest, anyio_backend: str, disconnects: int
 ) -> None:
     await run_chaos(request, anyio_backend, disconnects=disconnects)
+
+
+# ---- a flapping link, on default settings on both sides ----------------------------------
+
+# Issue 9's field condition: 500 messages per second each way, the link killed every 0.5 to
+# 2 s. Nothing is tuned: not the backoff, the replay buffers, the session store or timeouts.
+FLAP_RATE = 500
+
+
+def check_exactly_once(
+    client: Stream, handler: ChaosHandler, events: list[Event], ws: resilient_ws.Connection
+) -> None:
+    assert handler.stream.received == list(range(1, client.sent + 1))
+    assert client.received == list(range(1, handler.stream.sent + 1))
+    assert not [e for e in events if isinstance(e, (Gap, SessionLost))]
+    assert ws.stats.gaps == 0
+    assert len(handler.sessions) == 1
+    assert handler.sessions[0].id == ws.stats.session_id
+    assert not handler.sessions[0].gaps
+
+
+async def run_flapping(request: pytest.FixtureRequest, backend: str, seconds: float) -> None:
+    seed = random.randrange(2**32)
+    request.node.user_properties.append(("seed", seed))
+    rng = random.Random(seed)
+    stop = threading.Event()
+    handler = ChaosHandler(stop, rate=FLAP_RATE)
+    client = Stream(rate=FLAP_RATE)
+    client_streamed = anyio.Event()
+    events: list[Event] = []
+    kills = 0
+
+    async def stream_from_client(ws: resilient_ws.Connection) -> None:
+        await client.send_numbers(ws.send, stop)
+        client_streamed.set()
+
+    async def receive(ws: resilient_ws.Connection) -> None:
+        async for message in ws:
+            client.receive(message)
+
+    server = ChaosServer(backend, handler)  # serve() on defaults
+    await anyio.to_thread.run_sync(server.start)
+    try:
+        port = free_port()
+        with child(PROXY, str(port), str(server.port)) as proxy:
+            await anyio.to_thread.run_sync(proxy.start)
+            async with (
+                resilient_ws.connect(f"ws://127.0.0.1:{port}/") as ws,  # defaults
+                anyio.create_task_group() as tasks,
+            ):
+                tasks.start_soon(collect, ws, events)
+                tasks.start_soon(receive, ws)
+                tasks.start_soon(stream_from_client, ws)
+                end = anyio.current_time() + seconds
+                while anyio.current_time() < end:  # bounded in time
+                    await anyio.sleep(rng.uniform(0.5, 2.0))
+                    await anyio.to_thread.run_sync(proxy.kill)
+                    kills += 1
+                    await anyio.to_thread.run_sync(proxy.start)
+                stop.set()
+                with anyio.fail_after(TIMEOUT):
+                    await client_streamed.wait()
+                await wait_until(handler.streamed.is_set)
+                await wait_until(
+                    lambda: (
+                        len(client.received) >= handler.stream.sent
+                        and len(handler.stream.received) >= client.sent
+                    )
+                )
+                await ws.close()
+            await wait_until(handler.done.is_set)
+    finally:
+        await anyio.to_thread.run_sync(server.stop)
+
+    disconnected = [e for e in events if isinstance(e, Disconnected) and e.uptime is not None]
+    delays = [e.delay for e in events if isinstance(e, resilient_ws.Reconnecting)]
+    for name, value in [
+        ("kills", kills),
+        ("disconnects", len(disconnected)),
+        ("client_sent", client.sent),
+        ("server_sent", handler.stream.sent),
+        ("client_resent", ws.stats.resent),
+        ("server_resent", handler.sessions[0].resent if handler.sessions else None),
+        ("max_delay", max(delays, default=0.0)),
+    ]:
+        request.node.user_properties.append((name, value))
+    check_exactly_once(client, handler, events, ws)
+    # The kills cut live links, and traffic flowed at the rate asked for.
+    assert len(disconnected) >= kills // 2
+    assert min(client.sent, handler.stream.sent) >= FLAP_RATE * seconds * 0.8
+    server.check()
+
+
+@pytest.mark.parametrize(
+    "seconds",
+    [
+        pytest.param(8.0, id="short"),
+        pytest.param(120.0, marks=[pytest.mark.slow, pytest.mark.timeout(400)], id="long"),
+    ],
+)
+async def test_flapping_link_on_defaults_loses_and_duplicates_nothing(
+    request: pytest.FixtureRequest, anyio_backend: str, seconds: float
+) -> None:
+    await run_flapping(request, anyio_backend, seconds)
 
 
 # ---- iptables (long form only) ---------------------------------------------------------

@@ -306,28 +306,36 @@ async def test_resume_with_the_token_takes_the_session_over() -> None:
         assert len(echo.sessions) == 1
 
 
-async def test_a_flood_of_resumes_is_throttled_with_429() -> None:
-    store: MemorySessionStore[ServerSession] = MemorySessionStore(resume_limit=3)
-    async with serve(Echo(), sessions=store) as server:
-        url = f"ws://127.0.0.1:{server.port}/"
-        async with resilient_ws.connect(url) as ws:
-            session_id, _ = await session_of(ws)
-            forged = {
-                "RWS-Session": session_id,
-                "RWS-Token": "wrong",
-                "RWS-Received": "0",
-                "RWS-Replay-From": "1",
-            }
-            for _ in range(3):
-                async with raw_connect(url, forged) as other:
-                    assert other.response.headers["RWS-Resumed"] == "0"
-            with pytest.raises(InvalidStatus) as caught:
-                async with raw_connect(url, forged):
-                    pass
-            assert caught.value.response.status_code == 429
-            assert int(caught.value.response.headers["Retry-After"]) >= 1
-            await ws.send("unaffected")
-            assert await ws.recv() == "unaffected"
+async def test_failed_resumes_are_throttled_with_429_and_the_owner_still_resumes() -> None:
+    """Default store: a flood of wrong tokens from an address gets 429; the session's
+    owner, from the same address, still resumes (issue 9: no lockout by session id)."""
+    echo = Echo()
+    async with (
+        behind_proxy(echo) as (_, proxy),
+        resilient_ws.connect(proxy.url) as ws,
+    ):
+        events = ws.events()
+        session_id, _ = await session_of(ws)
+        forged = {
+            "RWS-Session": session_id,
+            "RWS-Token": "wrong",
+            "RWS-Received": "0",
+            "RWS-Replay-From": "1",
+        }
+        for _ in range(100):  # the default limit: 100 failed resumes per 10 s
+            async with raw_connect(proxy.url, forged) as other:
+                assert other.response.headers["RWS-Resumed"] == "0"
+        with pytest.raises(InvalidStatus) as caught:
+            async with raw_connect(proxy.url, forged):
+                pass
+        assert caught.value.response.status_code == 429
+        assert int(caught.value.response.headers["Retry-After"]) >= 1
+        proxy.reset()  # the owner's link dies; it resumes with the right token
+        await next_event(events, resilient_ws.Disconnected)
+        resumed = await next_event(events, resilient_ws.Resumed)
+        assert resumed.session_id == session_id
+        await ws.send("unaffected")
+        assert await ws.recv() == "unaffected"
 
 
 async def test_session_limit_answers_503_and_spares_the_others() -> None:

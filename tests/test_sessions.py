@@ -14,6 +14,8 @@ from resilient_ws._sessions import (
     Unknown,
 )
 
+SOURCE = "127.0.0.1"
+
 
 def test_open_gives_unguessable_distinct_ids_and_tokens() -> None:
     store: MemorySessionStore[str] = MemorySessionStore()
@@ -27,7 +29,7 @@ def test_open_gives_unguessable_distinct_ids_and_tokens() -> None:
 def test_resume_with_the_right_token() -> None:
     store: MemorySessionStore[str] = MemorySessionStore()
     record = store.open("mine", now=0.0)
-    outcome = store.resume(record.id, record.token, now=1.0)
+    outcome = store.resume(record.id, record.token, now=1.0, source=SOURCE)
     assert isinstance(outcome, Resumed)
     assert outcome.record.state == "mine"
 
@@ -35,10 +37,12 @@ def test_resume_with_the_right_token() -> None:
 def test_wrong_token_never_yields_the_session() -> None:
     store: MemorySessionStore[str] = MemorySessionStore()
     record = store.open("secret state", now=0.0)
-    assert store.resume(record.id, record.token[:-1] + "x", now=1.0) == Unknown("bad_token")
-    assert store.resume("no-such-session", record.token, now=1.0) == Unknown("unknown")
+    wrong = store.resume(record.id, record.token[:-1] + "x", now=1.0, source=SOURCE)
+    assert wrong == Unknown("bad_token")
+    unknown = store.resume("no-such-session", record.token, now=1.0, source=SOURCE)
+    assert unknown == Unknown("unknown")
     # The real owner is unaffected.
-    assert isinstance(store.resume(record.id, record.token, now=2.0), Resumed)
+    assert isinstance(store.resume(record.id, record.token, now=2.0, source=SOURCE), Resumed)
 
 
 def test_detached_session_expires_after_ttl_and_live_ones_never_do() -> None:
@@ -48,9 +52,9 @@ def test_detached_session_expires_after_ttl_and_live_ones_never_do() -> None:
     store.detach(gone.id, now=10.0)
     assert store.expire(now=69.9) == []
     assert store.expire(now=70.0) == [gone]
-    assert store.resume(gone.id, gone.token, now=71.0) == Unknown("unknown")
+    assert store.resume(gone.id, gone.token, now=71.0, source=SOURCE) == Unknown("unknown")
     assert store.expire(now=10_000.0) == []
-    assert isinstance(store.resume(live.id, live.token, now=10_000.0), Resumed)
+    assert isinstance(store.resume(live.id, live.token, now=10_000.0, source=SOURCE), Resumed)
 
 
 def test_reattached_session_stops_expiring() -> None:
@@ -74,17 +78,41 @@ def test_session_limit() -> None:
     assert len(store) == 2
 
 
-def test_resume_floods_are_throttled_per_session() -> None:
-    store: MemorySessionStore[str] = MemorySessionStore(resume_limit=3, resume_window=60.0)
+def test_failed_resumes_are_throttled_per_source_never_the_right_token() -> None:
+    store: MemorySessionStore[str] = MemorySessionStore(
+        failed_resume_limit=3, failed_resume_window=60.0
+    )
     record = store.open("s", now=0.0)
-    other = store.open("t", now=0.0)
     for i in range(3):
-        store.resume(record.id, "wrong", now=float(i))
-    outcome = store.resume(record.id, record.token, now=10.0)
+        assert store.resume(record.id, "wrong", now=float(i), source="10.0.0.9") == Unknown(
+            "bad_token"
+        )
+    # The attacker's address is throttled, for wrong tokens and unknown ids alike...
+    outcome = store.resume(record.id, "wrong", now=10.0, source="10.0.0.9")
     assert isinstance(outcome, Throttled)
     assert outcome.retry_after == pytest.approx(50.0)
-    assert isinstance(store.resume(other.id, other.token, now=10.0), Resumed)
-    assert isinstance(store.resume(record.id, record.token, now=60.5), Resumed)
+    assert isinstance(store.resume("nope", "x", now=10.0, source="10.0.0.9"), Throttled)
+    # ... the owner is not locked out, even from the same address ...
+    assert isinstance(store.resume(record.id, record.token, now=10.0, source="10.0.0.9"), Resumed)
+    # ... other addresses are not throttled, and the window slides.
+    assert store.resume("nope", "x", now=10.0, source="10.0.0.1") == Unknown("unknown")
+    assert store.resume("nope", "x", now=60.5, source="10.0.0.9") == Unknown("unknown")
+
+
+def test_the_right_token_is_never_throttled_at_flap_rates() -> None:
+    store: MemorySessionStore[str] = MemorySessionStore()
+    record = store.open("s", now=0.0)
+    for i in range(10_000):  # a resume every 10 ms for 100 s
+        outcome = store.resume(record.id, record.token, now=i * 0.01, source=SOURCE)
+        assert isinstance(outcome, Resumed)
+
+
+def test_tracked_sources_are_bounded() -> None:
+    store: MemorySessionStore[str] = MemorySessionStore(failed_resume_limit=1, max_sources=2)
+    for source in ("a", "b", "c"):  # "a" is forgotten when "c" arrives
+        assert store.resume("nope", "x", now=0.0, source=source) == Unknown("unknown")
+    assert isinstance(store.resume("nope", "x", now=0.0, source="c"), Throttled)
+    assert store.resume("nope", "x", now=0.0, source="a") == Unknown("unknown")
 
 
 def test_closed_session_is_forgotten() -> None:

@@ -246,6 +246,14 @@ def peer_address(raw: Any) -> Any:
         return None
 
 
+def peer_host(raw: Any) -> str:
+    """The link's remote host (its address without the port), or ``""`` if unknown."""
+    address = peer_address(raw)
+    if isinstance(address, tuple) and address:
+        return str(address[0])
+    return "" if address is None else str(address)
+
+
 def header_dict(headers: Any) -> dict[str, str]:
     """websockets ``Headers`` as a dict with lowercase names; a repeated header maps to
     ``""``, which the replay protocol's parsers reject as malformed."""

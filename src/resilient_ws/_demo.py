@@ -58,7 +58,7 @@ _STALL = 4.0  # seconds the server's GIL is held
 _OUTAGE = 3.0  # seconds the network is dead
 _PHASE_TIMEOUT = 12.0  # longest wait for what a fault should cause; only a bug reaches it
 _START_TIMEOUT = 10.0
-_BACKOFF = Backoff(first_delay=0.05, base=0.2, max_delay=1.0, stable_after=1.0, max_elapsed=20)
+_BACKOFF = Backoff(first_delay=0.05, max_delay=1.0, stable_after=1.0, max_elapsed=20)
 _SIGKILL: int = getattr(signal, "SIGKILL", signal.SIGTERM)
 
 

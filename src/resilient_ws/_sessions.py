@@ -11,7 +11,7 @@ from __future__ import annotations
 import hmac
 import secrets
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
 __all__ = [
@@ -50,7 +50,6 @@ class SessionRecord(Generic[S]):
     token: str
     state: S
     detached_at: float | None = None
-    resumes: deque[float] = field(default_factory=deque)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +72,7 @@ class Unknown:
 
 @dataclass(frozen=True, slots=True)
 class Throttled:
-    """Too many resume attempts for this session: answer 429 with ``Retry-After``."""
+    """Too many failed resume attempts from this source: answer 429 with ``Retry-After``."""
 
     retry_after: float
 
@@ -89,9 +88,14 @@ class SessionStore(Protocol[S]):
         """
 
     def resume(
-        self, session_id: str, token: str, now: float
+        self, session_id: str, token: str, now: float, source: str
     ) -> Resumed[S] | Unknown | Throttled:
-        """Look up a session for a resume request, checking its token in constant time."""
+        """Look up a session for a resume request, checking its token in constant time.
+
+        A request with the right token is never throttled. Failed ones (unknown session,
+        wrong token) may be, per ``source`` (the client's address), and never count
+        against the session they name: knowing a session's id must not lock its owner out.
+        """
 
     def detach(self, session_id: str, now: float) -> None:
         """Its link ended; the TTL starts now."""
@@ -114,9 +118,14 @@ class MemorySessionStore(Generic[S]):
     Args:
         max_sessions: Most sessions held at once.
         ttl: Seconds a detached session is kept for a resume.
-        resume_limit: Most resume attempts naming one session per ``resume_window``; a
-            flood (right token or wrong) is throttled rather than served.
-        resume_window: Seconds of that window.
+        failed_resume_limit: Most failed resume attempts (unknown session or wrong token)
+            from one source address per ``failed_resume_window``; past it, further failed
+            attempts from that address are answered 429. A client with the right token is
+            never throttled, however often its network flaps. Clients behind one NAT share
+            an address: after a server restart each of them fails once.
+        failed_resume_window: Seconds of that window.
+        max_sources: Most source addresses tracked for that limit (the least recently
+            failed are forgotten first), so that the bookkeeping stays bounded.
     """
 
     def __init__(
@@ -124,19 +133,29 @@ class MemorySessionStore(Generic[S]):
         *,
         max_sessions: int = 10_000,
         ttl: float = 60.0,
-        resume_limit: int = 10,
-        resume_window: float = 60.0,
+        failed_resume_limit: int = 100,
+        failed_resume_window: float = 10.0,
+        max_sources: int = 10_000,
     ) -> None:
-        if max_sessions < 1 or ttl < 0 or resume_limit < 1 or resume_window <= 0:
+        if (
+            max_sessions < 1
+            or ttl < 0
+            or failed_resume_limit < 1
+            or failed_resume_window <= 0
+            or max_sources < 1
+        ):
             raise ValueError("invalid session store limits")
         self._sessions: dict[str, SessionRecord[S]] = {}
         # Detached session ids in the order they detached: with one TTL for all, the
         # oldest expires first, so expiring costs only what it removes.
         self._detached: dict[str, float] = {}
+        # Times of recent failed resumes per source, least recently failed source first.
+        self._failures: dict[str, deque[float]] = {}
         self._max = max_sessions
         self._ttl = ttl
-        self._resume_limit = resume_limit
-        self._resume_window = resume_window
+        self._failed_limit = failed_resume_limit
+        self._failed_window = failed_resume_window
+        self._max_sources = max_sources
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -154,22 +173,25 @@ class MemorySessionStore(Generic[S]):
         return record
 
     def resume(
-        self, session_id: str, token: str, now: float
+        self, session_id: str, token: str, now: float, source: str
     ) -> Resumed[S] | Unknown | Throttled:
         self.expire(now)
         record = self._sessions.get(session_id)
-        if record is None:
-            return Unknown("unknown")
-        attempts = record.resumes
-        while attempts and attempts[0] <= now - self._resume_window:
-            attempts.popleft()
-        if len(attempts) >= self._resume_limit:
-            return Throttled(attempts[0] + self._resume_window - now)
-        attempts.append(now)
         # Constant time: the comparison must not reveal how much of a guess was right.
-        if not hmac.compare_digest(token.encode(), record.token.encode()):
-            return Unknown("bad_token")
-        return Resumed(record)
+        if record is not None and hmac.compare_digest(token.encode(), record.token.encode()):
+            return Resumed(record)
+        failures = self._failures.pop(source, None)
+        if failures is None:
+            failures = deque(maxlen=self._failed_limit)
+            if len(self._failures) >= self._max_sources:
+                del self._failures[next(iter(self._failures))]
+        self._failures[source] = failures  # now the most recently failed source
+        while failures and failures[0] <= now - self._failed_window:
+            failures.popleft()
+        if len(failures) >= self._failed_limit:
+            return Throttled(failures[0] + self._failed_window - now)
+        failures.append(now)
+        return Unknown("unknown" if record is None else "bad_token")
 
     def detach(self, session_id: str, now: float) -> None:
         record = self._sessions.get(session_id)

@@ -19,7 +19,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
 from . import _backend
 from ._backend import RawLink
-from ._backoff import next_delay
+from ._backoff import forgive, next_delay
 from ._classify import Classifier
 from ._keepalive import LinkKeepalive
 from ._lag import LoopLagMonitor
@@ -121,7 +121,7 @@ class Supervisor:
         self.url = self._urls[0]
         """The URL of the current or last attempt."""
         self.failures = 0
-        """Consecutive failed attempts (or dropped links) since the last stable link."""
+        """Consecutive failures (attempts and links' ends), less what links' lives forgave."""
         self._failing_since: float | None = None
         self.last_error: LinkError | None = None
         self.attempts = 0
@@ -362,8 +362,9 @@ class Supervisor:
         timeout = None if keepalive is None else keepalive.liveness.timeout
         stable = uptime is not None and uptime >= self._backoff.stable_after
         self.last_error = error
-        if stable:
-            self.failures = 0
+        if uptime is not None:
+            # A link that lived forgives the failures before it (a flap is not a storm).
+            self.failures = forgive(self._backoff, self.failures, uptime)
         self.failures += 1
         if self._failing_since is None:
             self._failing_since = anyio.current_time()

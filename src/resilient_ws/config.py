@@ -24,37 +24,39 @@ def _require(condition: bool, message: str) -> None:
 class Backoff:
     """How long to wait between reconnection attempts, and when to give up.
 
-    The n-th consecutive failed attempt is followed by a delay drawn uniformly from
-    ``[0, cap_n]`` ("full jitter", which spreads a crowd of clients that lost the same server):
-    ``cap_1 = first_delay`` so the first retry is fast, then
-    ``cap_n = min(max_delay, base * multiplier ** (n - 2))``.
+    The n-th consecutive failure is followed by a delay drawn uniformly from
+    ``[0, min(max_delay, first_delay * multiplier ** (n - 1))]`` ("full jitter", tenacity's
+    ``wait_random_exponential``, which spreads a crowd of clients that lost the same
+    server). The growth is gentle at first, so that an outage of a second or two is
+    noticed to be over within a fraction of a second.
 
-    A link that stays up for ``stable_after`` seconds resets the count: a server that accepts
-    and then closes at once keeps the delays growing instead of causing a reconnect storm.
+    What counts as a failure is a failed attempt, and a link's end. A link's useful life
+    forgives the failures before it in proportion: one that stayed up ``stable_after``
+    seconds forgives all of them, so the next retry is fast again; one that lived half as
+    long forgives half; one closed at once (a server that accepts and then closes) forgives
+    none, so the delays keep growing instead of causing a reconnect storm.
 
     Attributes:
         first_delay: Upper bound of the delay before the first retry, in seconds.
-        base: Upper bound of the delay before the second retry, in seconds.
         multiplier: Growth factor of the bound per further failure.
         max_delay: Cap of the bound, in seconds.
-        stable_after: Seconds a link must stay up before the failure count resets.
-        max_attempts: Give up after this many consecutive failed attempts (``None``: never).
-        max_elapsed: Give up when failures have lasted this many seconds (``None``: never).
+        stable_after: Seconds of link life that forgive every failure before it.
+        max_attempts: Give up after this many consecutive failures (``None``: never).
+        max_elapsed: Give up when failures have lasted this many seconds since the last
+            link was set up (``None``: never).
         max_retry_after: Longest ``Retry-After`` (429/503 answers) honoured, in seconds.
     """
 
     first_delay: float = 0.1
-    base: float = 0.5
-    multiplier: float = 2.0
+    multiplier: float = 1.4
     max_delay: float = 30.0
-    stable_after: float = 10.0
+    stable_after: float = 1.0
     max_attempts: int | None = None
     max_elapsed: float | None = None
     max_retry_after: float = 300.0
 
     def __post_init__(self) -> None:
         _require(self.first_delay >= 0, "first_delay must be >= 0")
-        _require(self.base >= 0, "base must be >= 0")
         _require(self.multiplier >= 1, "multiplier must be >= 1")
         _require(self.max_delay >= 0, "max_delay must be >= 0")
         _require(self.stable_after >= 0, "stable_after must be >= 0")
@@ -161,6 +163,11 @@ class Replay:
     dropped: memory stays bounded, and if the peer turns out to lack them it is told the
     exact range (a :class:`~resilient_ws.Gap` event on a client).
 
+    The buffer is bounded by bytes first; the count is a backstop against a flood of tiny
+    messages (each kept message costs about 100 bytes besides its payload). On defaults
+    500 messages per second of up to 64 bytes are covered for over two minutes of outage,
+    500 of 1 KiB for about 8 seconds.
+
     Attributes:
         max_messages: Most unacknowledged sent messages kept for resending.
         max_bytes: Most payload bytes of them (UTF-8 length for ``str``).
@@ -173,7 +180,7 @@ class Replay:
             Client only.
     """
 
-    max_messages: int = 1024
+    max_messages: int = 65_536
     max_bytes: int = 4 * 1024 * 1024
     ack_every: int = 64
     ack_delay: float = 0.2

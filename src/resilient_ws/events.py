@@ -52,8 +52,9 @@ class Connecting(Event):
     Attributes:
         url: The URL tried, secrets redacted.
         attempt: 1 for the first attempt; each failed attempt or dropped link adds one. A
-            link that stayed up for ``Backoff.stable_after`` resets the count, so the first
-            reconnect after it is attempt 2.
+            link's life forgives the count in proportion (see :class:`~resilient_ws.Backoff`):
+            after a link that stayed up for ``Backoff.stable_after``, the first reconnect is
+            attempt 2.
     """
 
     url: str

@@ -223,11 +223,12 @@ class Server:
         now = anyio.current_time()
         session = token = None
         if resume is not None:
-            found = self.sessions.resume(resume.session, resume.token, now)
+            source = _backend.peer_host(connection)
+            found = self.sessions.resume(resume.session, resume.token, now, source)
             if isinstance(found, Throttled):
                 retry_after = max(1, math.ceil(found.retry_after))
                 return _reject(connection, http.HTTPStatus.TOO_MANY_REQUESTS,
-                               "too many resume attempts", peer, retry_after)  # fmt: skip
+                               "too many failed resume attempts", peer, retry_after)  # fmt: skip
             if isinstance(found, Unknown):
                 log("resume_rejected", session_id=resume.session, reason=found.reason, peer=peer)
             else:
