@@ -50,13 +50,14 @@ import json, sys, anyio, resilient_ws
 RATE = int(sys.argv[2])
 sent = 0
 received = []
+streaming = True
 
 async def stream(session):
     global sent
     start = anyio.current_time()
-    while True:
+    while streaming:
         due = int((anyio.current_time() - start) * RATE)
-        while sent < due:
+        while sent < due and streaming:
             await session.send(str(sent + 1))
             sent += 1
         await anyio.sleep(0.01)
@@ -69,10 +70,13 @@ async def handler(session):
         tasks.cancel_scope.cancel()
 
 async def main():
+    global streaming
     async with resilient_ws.serve(handler, "127.0.0.1", int(sys.argv[1])):
         print("ready", flush=True)
-        await anyio.to_thread.run_sync(sys.stdin.readline)
-        print(json.dumps({"sent": sent, "received": received}), flush=True)
+        while command := (await anyio.to_thread.run_sync(sys.stdin.readline)).strip():
+            if command == "stop":
+                streaming = False
+            print(json.dumps({"sent": sent, "received": received}), flush=True)
 
 anyio.run(main)
 """
@@ -101,6 +105,16 @@ def spawn(*argv: str) -> subprocess.Popen[str]:
     return process
 
 
+async def ask(server: subprocess.Popen[str], command: str) -> dict[str, Any]:
+    """Send the server a command; its answer: what it sent and received so far."""
+    assert server.stdin is not None
+    assert server.stdout is not None
+    server.stdin.write(command + "\n")
+    server.stdin.flush()
+    answer: dict[str, Any] = json.loads(await asyncio.to_thread(server.stdout.readline))
+    return answer
+
+
 def kill(process: subprocess.Popen[str]) -> None:
     os.kill(process.pid, signal.SIGKILL)
     process.wait(10)
@@ -118,11 +132,12 @@ def tally(sent: int, received: list[int]) -> dict[str, int]:
         if number < highest:
             reordered += 1
         highest = max(highest, number)
-    lost = len(set(range(1, sent + 1)) - seen)
+    lost = sorted(set(range(1, sent + 1)) - seen)
     return {
         "sent": sent,
         "received": len(received),
-        "lost": lost,
+        "lost": len(lost),
+        "first_lost": lost[:5],
         "duplicated": duplicated,
         "reordered": reordered,
     }
@@ -136,6 +151,7 @@ class Client:
         self.sent = 0
         self.received: list[int] = []
         self.send: Any = None
+        self.done = asyncio.Event()  # the benchmark has read both sides' counts
 
     async def stream(self, stop: asyncio.Event) -> None:
         start = time.monotonic()
@@ -161,7 +177,7 @@ async def run_resilient(url: str, client: Client, stop: asyncio.Event) -> None:
 
         receiving = asyncio.ensure_future(receive())
         await client.stream(stop)
-        await asyncio.sleep(3.0)  # the last link resends and acknowledges
+        await client.done.wait()
         receiving.cancel()
 
 
@@ -177,7 +193,7 @@ async def run_raw(url: str, client: Client, stop: asyncio.Event) -> None:
 
     task = asyncio.ensure_future(links())
     await client.stream(stop)
-    await asyncio.sleep(3.0)
+    await client.done.wait()
     task.cancel()
 
 
@@ -197,13 +213,19 @@ async def scenario(name: str, seconds: float, rate: int, rng: random.Random) -> 
             await asyncio.to_thread(kill, proxy)
             kills += 1
             proxy = await asyncio.to_thread(spawn, str(PROXY), str(proxy_port), str(server_port))
-        stop.set()
+        stop.set()  # the client stops streaming, then the server
+        await asyncio.sleep(0.1)
+        report = await ask(server, "stop")
+        # Each side waits (bounded) for the other's last messages, which may still be
+        # resent on a new link.
+        deadline = time.monotonic() + (30.0 if name == "resilient" else 5.0)
+        while time.monotonic() < deadline and (
+            len(client.received) < report["sent"] or len(report["received"]) < client.sent
+        ):
+            await asyncio.sleep(0.5)
+            report = await ask(server, "report")
+        client.done.set()
         await asyncio.wait_for(task, 60)
-        assert server.stdin is not None
-        assert server.stdout is not None
-        server.stdin.write("report\n")
-        server.stdin.flush()
-        report = json.loads(await asyncio.to_thread(server.stdout.readline))
     finally:
         kill(proxy)
         kill(server)
