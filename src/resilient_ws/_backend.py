@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 import email.utils
 import functools
+import math
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -211,6 +212,11 @@ async def open_link(url: str, options: dict[str, Any]) -> AsyncIterator[RawLink]
         yield raw
     finally:
         resume_reading(raw)
+        # A cancelled caller cannot wait for the peer's side of a closing handshake (a
+        # silent peer would hold it for EXIT_TIMEOUT): it drops the link, as anyio's
+        # streams close forcefully when cancelled. (websockets' trio close() swallows the
+        # cancellation, so ask the scope rather than look for the exception.)
+        cancelled = anyio.current_effective_deadline() == -math.inf
         # Shielded and bounded: a cancelled caller must still release the socket.
         # A broken link may fail to close; how it broke is reported by the caller.
         with (
@@ -218,7 +224,18 @@ async def open_link(url: str, options: dict[str, Any]) -> AsyncIterator[RawLink]
             anyio.move_on_after(EXIT_TIMEOUT),
             suppress(Exception),
         ):
+            if cancelled:
+                await _drop(raw)
             await manager.__aexit__(None, None, None)
+
+
+async def _drop(raw: Any) -> None:
+    """Abort a link that its cancelled owner leaves, so that websockets' exit is immediate."""
+    abort_link(raw)
+    if is_trio():
+        # websockets' trio reader ran in the cancelled scope too, and died before it
+        # could mark the stream closed, which its close() then waits for (close_timeout).
+        await raw.close_stream()
 
 
 def offer_subprotocol(

@@ -19,8 +19,9 @@ from types import TracebackType
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 
-from . import _backend
+from . import _backend, _taskgroup
 from ._backend import RawLink
 from ._classify import Classifier, default_classifier
 from ._history import EventHistory
@@ -370,6 +371,9 @@ class Connection(MessageIterator):
         ``code`` and ``reason``. During a reconnect wait it ends at once; messages still
         queued are reported in the :class:`~resilient_ws.Closed` event and
         :attr:`undelivered`.
+
+        Cancelling ``close()`` (a timeout around it) drops the link at once, without
+        waiting for the closing handshake; the connection still ends closed.
         """
         if self._machine.state not in (State.CLOSING, State.CLOSED):
             self._close_code, self._close_reason = code, reason
@@ -377,7 +381,11 @@ class Connection(MessageIterator):
             self._refresh_fast()
             self._changed.notify()
             self._supervisor.stop()  # with a link up, the supervisor closes it gracefully
-        await self._finished.wait()
+        try:
+            await self._finished.wait()
+        except BaseException:
+            self._supervisor.cancel()  # the link is dropped as the supervisor unwinds
+            raise
 
     def events(self) -> AsyncIterator[Event]:
         """Iterate over lifecycle events, starting from the oldest one still kept.
@@ -392,19 +400,31 @@ class Connection(MessageIterator):
         self._changed = Signal()
         self._history = EventHistory(self._changed, _EVENT_HISTORY)
         self._finished = anyio.Event()
+        # The group spans the application's block: _taskgroup.leave() exits it so that
+        # the block's exceptions and cancellations stay its own (docs/cancellation.md).
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
-        if self._keepalive is not None:
-            # Our own loop's lag: evidence that a late pong is our fault, not the server's.
-            monitor = self._supervisor.monitor = LoopLagMonitor()
-            self._task_group.start_soon(monitor.run)
-        self._task_group.start_soon(self._run)
-        while self._machine.state not in (State.OPEN, State.CLOSED):
-            await self._changed.wait()
+        try:
+            if self._keepalive is not None:
+                # Our own loop's lag: evidence that a late pong is our fault, not the server's.
+                monitor = self._supervisor.monitor = LoopLagMonitor()
+                self._task_group.start_soon(monitor.run)
+            self._task_group.start_soon(self._run)
+            while self._machine.state not in (State.OPEN, State.CLOSED):
+                await self._changed.wait()
+            if self._error is not None:
+                # The caller's cancellation also ends our tasks, and their end may wake
+                # this wait first: then the cancellation is what leaves, not the outcome.
+                await anyio.lowlevel.checkpoint_if_cancelled()
+        except BaseException as exc:
+            # Cancelled (or failed) while waiting for the first link: never leave the
+            # group open on the caller's stack of cancel scopes.
+            self._supervisor.cancel()
+            await _taskgroup.leave(self._task_group, exc)
+            raise
         if self._error is not None:
             error = self._error
-            self._task_group.cancel_scope.cancel()  # the lag monitor
-            await self._task_group.__aexit__(None, None, None)
+            await _taskgroup.leave(self._task_group, None)
             raise error
         return self
 
@@ -414,13 +434,22 @@ class Connection(MessageIterator):
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> bool | None:
-        # Shielded: leaving the block because of a cancellation must still close the link.
-        with anyio.CancelScope(shield=True):
-            with anyio.move_on_after(_CLOSE_TIMEOUT):
-                await self.close()
-            self._supervisor.cancel()
-            self._task_group.cancel_scope.cancel()  # the lag monitor
-        return await self._task_group.__aexit__(exc_type, exc, traceback)
+        # Leaving normally or on an exception: close gracefully (flush, closing handshake),
+        # unless the caller's cancellation cuts it short. Leaving on a cancellation: drop the
+        # link at once, as anyio's streams do; a cancelled caller cannot wait for a peer.
+        interrupted: BaseException | None = None
+        if not _taskgroup.is_cancellation(exc):
+            try:
+                with anyio.move_on_after(_CLOSE_TIMEOUT):
+                    await self.close()
+            except BaseException as error:
+                interrupted = exc = error
+        self._supervisor.cancel()
+        # The block's own exception, if not a cancellation, propagates as itself.
+        swallowed = await _taskgroup.leave(self._task_group, exc)
+        if interrupted is not None and not swallowed:
+            raise interrupted
+        return swallowed
 
     # ---- sending -------------------------------------------------------------------------
 
@@ -702,7 +731,10 @@ def connect(
     """Create a :class:`Connection`; use it with ``async with``.
 
     Works under anyio on asyncio and on trio, with ``websockets.asyncio`` or
-    ``websockets.trio`` underneath.
+    ``websockets.trio`` underneath. It behaves as a plain context manager: a timeout or
+    cancellation anywhere around it (connecting, in the block, closing) is caught by the
+    scope that set it, and the block's exceptions come out as themselves, never in an
+    ``ExceptionGroup`` (``docs/cancellation.md``).
 
     Args:
         url: The server's ``ws://`` or ``wss://`` URL.

@@ -36,7 +36,7 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from . import _backend
+from . import _backend, _taskgroup
 from ._keepalive import LinkKeepalive
 from ._lag import LoopLagMonitor, StallWatchdog
 from ._logging import log
@@ -116,9 +116,8 @@ class Server:
         try:
             await self._tasks.start(self._run_monitors)
             self._ws_server = await self._start()
-        except BaseException:
-            self._tasks.cancel_scope.cancel()
-            await self._tasks.__aexit__(None, None, None)
+        except BaseException as exc:
+            await _taskgroup.leave(self._tasks, exc)
             raise
         self.port = _listening_port(self._ws_server)
         return self
@@ -131,7 +130,8 @@ class Server:
     ) -> bool | None:
         with anyio.CancelScope(shield=True):
             await self.aclose()
-        return await self._tasks.__aexit__(exc_type, exc, traceback)
+        # The block's own exception, if not a cancellation, propagates as itself.
+        return await _taskgroup.leave(self._tasks, exc)
 
     async def aclose(self) -> None:
         """Stop accepting, close every connection (code 1001) and stop the monitors."""
