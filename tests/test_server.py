@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import logging
+import socket
+import struct
 from typing import Any
 
 import anyio
+import anyio.abc
 import pytest
+from structlog.testing import capture_logs
 from websockets.asyncio.client import connect as plain_connect
+from websockets.exceptions import ConnectionClosedError
 
 import resilient_ws
+from resilient_ws._protocol import SUBPROTOCOL
 
 pytestmark = pytest.mark.anyio
 TIMEOUT = 20
@@ -74,3 +81,189 @@ async def test_leaving_serve_on_a_cancellation_returns() -> None:
                 assert await ws.recv() == "x"
                 await anyio.sleep_forever()
     assert scope.cancelled_caught
+
+
+# ---- how a session ends, in the log ------------------------------------------------------
+#
+# websockets logs an exception that escapes a connection handler as a multi-line traceback
+# ("connection handler failed", logger "websockets.server"). serve() must never let one
+# out: a client that vanishes is a normal end (one info event), a handler that raises is
+# one handler_failed event with the traceback as a field, and its link is closed with 1011.
+
+HANDSHAKE = (
+    b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+)
+
+
+def client_frame(payload: bytes, opcode: int = 0x1) -> bytes:
+    """One masked, final client frame (RFC 6455 section 5.2); payloads under 64 KiB."""
+    mask = b"\x01\x02\x03\x04"
+    size = len(payload)
+    length = bytes([0x80 | size]) if size < 126 else bytes([0x80 | 126]) + size.to_bytes(2, "big")
+    masked = bytes(byte ^ mask[i % 4] for i, byte in enumerate(payload))
+    return bytes([0x80 | opcode]) + length + mask + masked
+
+
+async def vanish(port: int, how: str) -> str:
+    """Open a WebSocket by hand, exchange one message, then leave as ``how`` says;
+    return the client's address as serve() logs it."""
+    stream = await anyio.connect_tcp("127.0.0.1", port)
+    sock = stream.extra(anyio.abc.SocketAttribute.raw_socket)
+    address = str(sock.getsockname())
+    await stream.send(HANDSHAKE)
+    received = b""
+    with anyio.fail_after(TIMEOUT):
+        while b"\r\n\r\n" not in received:
+            received += await stream.receive()
+        await stream.send(client_frame(b"hello"))
+        # The echo: 2 bytes of header and the 5 of "hello", maybe in several reads.
+        received = received.partition(b"\r\n\r\n")[2]
+        while len(received) < 7:
+            received += await stream.receive()
+    assert received == b"\x81\x05hello"
+    if how == "close_frame":
+        await stream.send(client_frame((1000).to_bytes(2, "big"), opcode=0x8))
+        with anyio.fail_after(TIMEOUT):
+            await stream.receive()  # the server's close frame
+    elif how == "mid_message":
+        await stream.send(client_frame(b"x" * 1000)[:300])
+    if how in ("rst", "mid_message"):
+        # SO_LINGER 0: close() sends RST, not FIN.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    await stream.aclose()
+    return address
+
+
+def assert_no_raw_traceback(caplog: pytest.LogCaptureFixture) -> None:
+    """Nothing logged through the standard library carries a traceback of its own."""
+    assert not [r for r in caplog.records if r.exc_info and r.levelno >= logging.INFO]
+    assert "connection handler failed" not in caplog.text
+
+
+@pytest.mark.parametrize("how", ["close_frame", "fin", "rst", "mid_message"])
+async def test_a_vanished_client_is_a_normal_session_end(
+    how: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    done = anyio.Event()
+
+    async def handler(session: resilient_ws.ServerSession) -> None:
+        try:
+            await echo(session)  # the docstring's handler
+        finally:
+            done.set()
+
+    with capture_logs() as logs, caplog.at_level(logging.INFO):
+        async with resilient_ws.serve(handler, "127.0.0.1", 0, stall_threshold=None) as server:
+            address = await vanish(server.port, how)
+            with anyio.fail_after(TIMEOUT):
+                await done.wait()
+    ended = [e for e in logs if e["event"] == "resilient_ws.session_ended"]
+    assert ended == [
+        {
+            "event": "resilient_ws.session_ended",
+            "log_level": "info",
+            "session_id": None,
+            "peer": address,
+            "cause": None if how == "close_frame" else ended[0]["cause"],
+        }
+    ]
+    if how != "close_frame":
+        assert "1006" in ended[0]["cause"]
+    assert not [e for e in logs if e["log_level"] in ("error", "critical")]
+    assert_no_raw_traceback(caplog)
+
+
+async def fails(session: resilient_ws.ServerSession) -> None:
+    await session.recv()
+    raise ValueError("boom")
+
+
+async def fails_in_a_task_group(session: resilient_ws.ServerSession) -> None:
+    async def fail() -> None:
+        raise ValueError("boom")
+
+    await session.recv()
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(fail)
+        await anyio.sleep_forever()
+
+
+def websockets_client(url: str, **options: Any) -> Any:
+    """websockets' own client for the running backend."""
+    if resilient_ws._backend.is_trio():
+        from websockets.trio.client import connect as trio_connect
+
+        return trio_connect(url, **options)
+    return plain_connect(url, **options)
+
+
+@pytest.mark.parametrize("replay", [False, True], ids=["plain", "replay"])
+@pytest.mark.parametrize(
+    ("handler", "error_type"),
+    [(fails, "ValueError"), (fails_in_a_task_group, "ExceptionGroup")],
+    ids=["raises", "raises_in_task_group"],
+)
+async def test_a_failing_handler_is_one_handler_failed_event(
+    handler: Any, error_type: str, replay: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A client offering the replay subprotocol gets a replay session; websockets' client
+    # ignores the protocol's control messages.
+    options = {"subprotocols": [SUBPROTOCOL]} if replay else {}
+    with capture_logs() as logs, caplog.at_level(logging.INFO):
+        async with resilient_ws.serve(handler, "127.0.0.1", 0, stall_threshold=None) as server:
+            url = f"ws://127.0.0.1:{server.port}/"
+            async with websockets_client(url, **options) as ws:
+                assert ws.subprotocol == (SUBPROTOCOL if replay else None)
+                address = str(ws.local_address)
+                await ws.send("x")
+                with anyio.fail_after(TIMEOUT), pytest.raises(ConnectionClosedError) as caught:
+                    await ws.recv()
+    assert caught.value.rcvd is not None
+    assert caught.value.rcvd.code == 1011
+    [failed] = [e for e in logs if e["event"] == "resilient_ws.handler_failed"]
+    assert failed["log_level"] == "error"
+    assert failed["error_type"] == error_type
+    assert "boom" in failed["traceback"]
+    assert f"in {handler.__name__}" in failed["traceback"]
+    assert "ValueError: boom" in failed["traceback"]
+    assert failed["peer"] == address
+    assert (failed["session_id"] is not None) == replay
+    assert not [e for e in logs if e["event"] in ("resilient_ws.session_ended",
+                                                  "resilient_ws.link_failed")]  # fmt: skip
+    assert_no_raw_traceback(caplog)
+
+
+async def test_a_replay_session_that_expires_is_a_normal_end(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The client vanishes and never resumes: the handler's recv() raises the session's
+    ConnectionFailed; letting it out is no handler failure."""
+    done = anyio.Event()
+
+    async def handler(session: resilient_ws.ServerSession) -> None:
+        try:
+            await echo(session)
+        finally:
+            done.set()
+
+    store = resilient_ws.MemorySessionStore(ttl=0.2)
+    with capture_logs() as logs, caplog.at_level(logging.INFO):
+        async with resilient_ws.serve(
+            handler, "127.0.0.1", 0, stall_threshold=None, sessions=store
+        ) as server:
+            url = f"ws://127.0.0.1:{server.port}/"
+            async with websockets_client(url, subprotocols=[SUBPROTOCOL]) as ws:
+                await ws.send("x")
+                assert await ws.recv() == "x"
+                # Gone without a close frame: the session waits for a resume that never comes.
+                resilient_ws._backend.abort_link(ws)
+            with anyio.fail_after(TIMEOUT):
+                await done.wait()
+    events = [e["event"] for e in logs]
+    assert "resilient_ws.session_expired" in events
+    [ended] = [e for e in logs if e["event"] == "resilient_ws.session_ended"]
+    assert ended["log_level"] == "info"
+    assert "session expired" in ended["cause"]
+    assert not [e for e in logs if e["log_level"] in ("error", "critical")]
+    assert_no_raw_traceback(caplog)

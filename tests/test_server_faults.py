@@ -28,39 +28,44 @@ SERVER = Path(__file__).with_name("serve_server.py")
 TIMEOUT = 30
 
 
-class ServeProcess:
-    """serve_server.py in a subprocess; collects its JSON log lines."""
+class JsonLinesProcess:
+    """A subprocess that prints ``ready``, then JSON lines, which a thread collects.
 
-    def __init__(self, backend: str) -> None:
-        self.port = free_port()
-        self.url = f"ws://127.0.0.1:{self.port}/"
+    The reader thread owns the stdout pipe: it alone reads it and closes it, at EOF (the
+    process is gone), and :meth:`kill` joins it. A pipe closed by another thread while
+    the reader iterated over it made the reader raise ``ValueError: I/O operation on
+    closed file``, reported as an error of whichever test ran next.
+    """
+
+    def __init__(self, argv: list[str]) -> None:
         self.logs: list[dict[str, Any]] = []
         self._changed = threading.Condition()
-        self.process = subprocess.Popen(
-            [sys.executable, str(SERVER), str(self.port), backend],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
         self._ready = threading.Event()
-        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._started = False
+        self.process = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+        self._reader = threading.Thread(target=self._read, args=(self.process,), daemon=True)
         self._reader.start()
-        if not self._ready.wait(15):
+        self._ready.wait(15)
+        if not self._started:
             self.kill()
-            raise RuntimeError("serve_server.py did not start")
+            raise RuntimeError(f"{argv[1]} did not start")
 
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            if line.strip() == "ready":
-                self._ready.set()
-                continue
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                continue
-            with self._changed:
-                self.logs.append(entry)
-                self._changed.notify_all()
+    def _read(self, process: subprocess.Popen[str]) -> None:
+        assert process.stdout is not None
+        with process.stdout:
+            for line in process.stdout:
+                if not self._started and line.strip() == "ready":
+                    self._started = True
+                    self._ready.set()
+                    continue
+                try:
+                    entry = json.loads(line)
+                except ValueError:
+                    continue
+                with self._changed:
+                    self.logs.append(entry)
+                    self._changed.notify_all()
+        self._ready.set()  # EOF: a process that died before "ready" fails at once
 
     def wait_for_log(self, predicate: Callable[[dict[str, Any]], bool], timeout: float) -> Any:
         with self._changed:
@@ -72,11 +77,23 @@ class ServeProcess:
         return found
 
     def kill(self) -> None:
+        """SIGKILL the process (by its pid), reap it, and wait for the reader to finish
+        the pipe: the process is gone, so the reader sees EOF after what it wrote."""
         if self.process.poll() is None:
             os.kill(self.process.pid, signal.SIGKILL)
         self.process.wait(10)
-        if self.process.stdout is not None:
-            self.process.stdout.close()
+        self._reader.join(10)
+        if self._reader.is_alive():
+            raise RuntimeError("the reader of the killed process's output did not finish")
+
+
+class ServeProcess(JsonLinesProcess):
+    """serve_server.py in a subprocess; collects its JSON log lines."""
+
+    def __init__(self, backend: str) -> None:
+        self.port = free_port()
+        self.url = f"ws://127.0.0.1:{self.port}/"
+        super().__init__([sys.executable, str(SERVER), str(self.port), backend])
 
 
 @pytest.fixture
@@ -147,3 +164,40 @@ async def test_frozen_server_keeps_its_clients(server: ServeProcess) -> None:
         await ws.close()
     assert not [e for e in events if isinstance(e, Disconnected)]
     assert not [e for e in server.logs if e["event"] == "resilient_ws.link_abandoned"]
+
+
+# A child that writes JSON lines without pause: the pipe always holds unread lines.
+CHATTY = """
+import json, sys
+print("ready", flush=True)
+line = json.dumps({"event": "chatter", "padding": "x" * 200})
+while True:
+    print(line, flush=True)
+"""
+
+
+def test_killing_a_process_mid_output_leaves_its_reader_no_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The reader-thread race of issue 9, forced: the test holds the lock the reader
+    takes for each line, so the reader stops between lines with more of them read ahead,
+    and kill() runs meanwhile. The old kill() closed the pipe there and the reader raised
+    ValueError (4 or 5 of these 5 kills, in three runs); the reader must end cleanly."""
+    errors: list[threading.ExceptHookArgs] = []
+    monkeypatch.setattr(threading, "excepthook", errors.append)
+    for _ in range(5):
+        process = JsonLinesProcess([sys.executable, "-c", CHATTY])
+        process.wait_for_log(lambda e: e["event"] == "chatter", TIMEOUT)
+        with process._changed:
+            killer = threading.Thread(target=process.kill)
+            killer.start()
+            # Time for an eager kill() to close the pipe under the stopped reader; the
+            # fixed one waits for the reader, so nothing below depends on this wait.
+            killer.join(0.5)
+        killer.join(TIMEOUT)
+        process._reader.join(TIMEOUT)
+        assert [(e.exc_type, str(e.exc_value)) for e in errors] == []
+        assert not killer.is_alive()
+        assert not process._reader.is_alive()
+        assert process.process.stdout is not None
+        assert process.process.stdout.closed

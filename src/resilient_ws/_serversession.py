@@ -123,7 +123,8 @@ class ServerSession(MessageIterator):
             try:
                 await raw.send(message)
             except _backend.ConnectionClosed as exc:
-                raise self._link_ended_error(raw) from exc
+                # Over, but recv() may still return what the client sent before it left.
+                raise self._ending(raw) from exc
             return
         self._record(message)
         if raw is not None:
@@ -161,8 +162,8 @@ class ServerSession(MessageIterator):
                 message = await raw.recv()
             except _backend.ConnectionClosed as exc:
                 if not self.replay:
-                    error = self._link_ended_error(raw)
-                    self._end(error)
+                    error = self._ending(raw)
+                    self._detach()
                     raise error from exc
                 while self._raw is raw:  # until the link is detached or replaced
                     await self._changed.wait()
@@ -199,6 +200,11 @@ class ServerSession(MessageIterator):
     def ended(self) -> bool:
         """Whether the session is over."""
         return self._error is not None
+
+    def ended_by(self, error: BaseException) -> bool:
+        """Whether ``error`` is the exception with which :meth:`recv` and :meth:`send`
+        report the session's end: a handler that lets it out ended normally."""
+        return error is self._error
 
     @property
     def resuming(self) -> bool:
@@ -300,6 +306,13 @@ class ServerSession(MessageIterator):
         if self._error is None:
             self._error = error
         self._detach()
+
+    def _ending(self, raw: RawLink) -> ConnectionClosed:
+        """A plain session's link closed: the session is over; the one error that
+        reports it (raised again by every later call)."""
+        if self._error is None:
+            self._error = self._link_ended_error(raw)
+        return self._error
 
     @staticmethod
     def _link_ended_error(raw: RawLink) -> ConnectionClosed:

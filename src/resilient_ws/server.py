@@ -28,6 +28,8 @@ import http
 import logging
 import math
 import secrets
+import sys
+import traceback
 import weakref
 from collections.abc import Awaitable, Callable
 from types import TracebackType
@@ -56,6 +58,9 @@ from ._serversession import TAKEN_OVER, ServerSession
 from ._sessions import MemorySessionStore, SessionLimit, SessionStore, Throttled, Unknown
 from .config import Keepalive, Replay
 from .exceptions import LinkClosed
+
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup  # type: ignore[import-not-found,unused-ignore]
 
 __all__ = ["Server", "ServerSession", "serve"]
 
@@ -299,8 +304,19 @@ class Server:
     # ---- serving links -----------------------------------------------------------------
 
     async def _handle(self, connection: Any) -> None:
+        """websockets' handler: serve one link; let no exception out.
+
+        Whatever websockets' server catches it logs as a raw traceback ("connection
+        handler failed"); every end of a link is one of our events instead.
+        """
         try:
             await self._serve_link(connection)
+        except Exception as exc:
+            # Not the application's handler (its errors are handler_failed): a fault of
+            # serve() itself, still one event, and the link ends as websockets would end it.
+            _log_failure("link_failed", exc, None, _peer(connection))
+            with anyio.CancelScope(shield=True), anyio.move_on_after(_backend.EXIT_TIMEOUT):
+                await _backend.close_link(connection, 1011, "internal error")
         finally:
             # However the link ended, let websockets' trio connection read to its end:
             # with its read paused on a full buffer it would never close.
@@ -324,16 +340,21 @@ class Server:
         if resumed:
             log("session_resumed", session_id=session.id, resent=session.resent)
         else:
-            self._tasks.start_soon(self._run_session, session)
+            self._tasks.start_soon(self._run_session, session, _peer(connection))
         await self._serve_replay(connection, session, replay)
 
     async def _serve_plain(self, connection: Any, session: ServerSession) -> None:
+        peer = _peer(connection)  # now: on trio a vanished peer has no address
         async with anyio.create_task_group() as tasks:
             self._watch_link(connection, tasks)
             try:
-                await self._handler(session)
+                failed = await self._run_handler(session, peer)
             finally:
                 tasks.cancel_scope.cancel()
+        # Otherwise returning to websockets closes the link with 1000.
+        if failed:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(_backend.EXIT_TIMEOUT):
+                await _backend.close_link(connection, 1011, "handler failed")
 
     async def _serve_replay(
         self, connection: Any, session: ServerSession, replay: ReplayLink
@@ -358,20 +379,39 @@ class Server:
         elif outcome == "detached":
             self.sessions.detach(session.id, anyio.current_time())
 
-    async def _run_session(self, session: ServerSession) -> None:
+    async def _run_session(self, session: ServerSession, peer: str | None) -> None:
         """Run the handler once for the session's whole life."""
         try:
-            await self._handler(session)
-        except Exception as exc:
-            log("handler_failed", logging.ERROR, session_id=session.id, error=repr(exc))
+            failed = await self._run_handler(session, peer)
             with anyio.CancelScope(shield=True), anyio.move_on_after(_backend.EXIT_TIMEOUT):
-                await session.close(1011, "handler failed")
-        else:
-            with anyio.CancelScope(shield=True), anyio.move_on_after(_backend.EXIT_TIMEOUT):
-                await session.close()
+                if failed:
+                    await session.close(1011, "handler failed")
+                else:
+                    await session.close()
         finally:
             assert session.id is not None
             self.sessions.close(session.id)
+
+    async def _run_handler(self, session: ServerSession, peer: str | None) -> bool:
+        """Run the application's handler on ``session`` and log how it ended, as one
+        event: ``session_ended``, or ``handler_failed``; whether it failed.
+
+        A client that vanished is a normal end: the handler returned, or let out the
+        exception with which the session's ``recv()``/``send()`` reported the end (alone
+        or in an exception group of such). Anything else it raises is a failure; it is
+        logged here, with its traceback as a field, and not raised further: websockets
+        would log it again as a raw traceback.
+        """
+        cause = None
+        try:
+            await self._handler(session)
+        except Exception as exc:
+            if not _only(exc, session.ended_by):
+                _log_failure("handler_failed", exc, session.id, _peer_of(session) or peer)
+                return True
+            cause = str(exc)
+        log("session_ended", session_id=session.id, peer=_peer_of(session) or peer, cause=cause)
+        return False
 
     def _watch_link(self, connection: Any, tasks: anyio.abc.TaskGroup) -> None:
         if self._beacon_interval is not None:
@@ -439,6 +479,39 @@ def _listening_port(server: Any) -> int:
     return int(sockets[0].getsockname()[1])
 
 
+def _peer(connection: Any) -> str | None:
+    """A link's remote address for the log, or ``None`` once the peer is gone (trio)."""
+    address = _backend.peer_address(connection)
+    return None if address is None else str(address)
+
+
+def _peer_of(session: ServerSession) -> str | None:
+    address = session.remote_address
+    return None if address is None else str(address)
+
+
+def _only(exc: Exception, match: Callable[[BaseException], bool]) -> bool:
+    """Whether ``exc`` matches, or is an exception group of nothing but matches."""
+    if isinstance(exc, BaseExceptionGroup):
+        # split() takes plain functions only, not bound methods.
+        return exc.split(lambda error: match(error))[1] is None
+    return match(exc)
+
+
+def _log_failure(event: str, exc: BaseException, session_id: str | None, peer: str | None) -> None:
+    """One error event for ``exc``, its traceback a field: one JSON line, where a
+    logging record with ``exc_info`` would print many."""
+    log(
+        event,
+        logging.ERROR,
+        session_id=session_id,
+        peer=peer,
+        error_type=type(exc).__name__,
+        error=str(exc),
+        traceback="".join(traceback.format_exception(exc)),
+    )
+
+
 def serve(
     handler: Handler,
     host: str,
@@ -467,7 +540,11 @@ def serve(
         handler: ``async def handler(session)``, run once per :class:`ServerSession`:
             for a client that speaks the replay protocol, once for the session's whole
             life across its reconnects; for any other client, once per connection. When
-            it returns the session ends (its link is closed with code 1000).
+            it returns the session ends (its link is closed with code 1000). It may let
+            out the exception with which the session reports the client gone (a normal
+            end: ``resilient_ws.session_ended``); anything else it raises is logged as
+            one ``resilient_ws.handler_failed`` event, traceback included, and its link is
+            closed with code 1011. No exception reaches websockets' own logging.
         host: Address to listen on.
         port: Port to listen on; 0 picks a free one (see :attr:`Server.port`).
         keepalive: The server's probing of its clients, stall-aware; ``None`` leaves
