@@ -407,6 +407,64 @@ async def check_clean_cancellation_without_leak_check(
     assert cancel_requests() == requests
 
 
+class Stubborn:
+    """A handler that ignores the end of its session; counts how its runs ended."""
+
+    def __init__(self) -> None:
+        self.started = anyio.Event()
+        self.cancelled = 0
+
+    async def __call__(self, session: resilient_ws.ServerSession) -> None:
+        self.started.set()
+        try:
+            await anyio.sleep_forever()
+        except anyio.get_cancelled_exc_class():
+            self.cancelled += 1
+            raise
+
+
+async def plain_client(url: str) -> None:
+    """A client without the replay protocol: serve() runs its handler per connection."""
+    async with resilient_ws.connect(url, replay=None):
+        await anyio.sleep_forever()
+
+
+async def replay_client(url: str) -> None:
+    async with resilient_ws.connect(url):
+        await anyio.sleep_forever()
+
+
+@pytest.mark.parametrize("replay", [True, False], ids=["replay", "plain"])
+async def test_serve_exits_though_a_handler_ignores_its_end(replay: bool) -> None:
+    """Leaving ``async with serve()`` closes the links, gives handlers a grace period
+    (5 s), then cancels them: a stubborn handler does not hold the server for ever."""
+    handler = Stubborn()
+    client = replay_client if replay else plain_client
+    async with anyio.create_task_group() as clients:
+        with anyio.fail_after(5.0 + PROMPT):
+            async with resilient_ws.serve(handler, "127.0.0.1", 0) as server:
+                clients.start_soon(client, f"ws://127.0.0.1:{server.port}/")
+                await handler.started.wait()
+        clients.cancel_scope.cancel()
+    assert handler.cancelled == 1
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_serve_cancelled_with_a_stubborn_handler(kind: str) -> None:
+    """Left on a cancellation, serve() cancels its handlers at once: no grace period."""
+    handler = Stubborn()
+
+    async def action() -> None:
+        async with resilient_ws.serve(handler, "127.0.0.1", 0) as server:
+            helpers.start_soon(plain_client, f"ws://127.0.0.1:{server.port}/")
+            await server.serve_forever()
+
+    async with anyio.create_task_group() as helpers:
+        await check_clean_cancellation_without_leak_check(kind, handler.started.wait, action)
+        helpers.cancel_scope.cancel()
+    assert handler.cancelled == 1
+
+
 @pytest.mark.parametrize("kind", KINDS)
 async def test_lag_monitor_cancelled(kind: str) -> None:
     started = anyio.Event()

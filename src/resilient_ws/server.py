@@ -69,6 +69,9 @@ Handler = Callable[[ServerSession], Awaitable[None]]
 _EXPIRY_INTERVAL = 1.0
 # Retry-After for a server at its session limit (seconds).
 _FULL_RETRY_AFTER = 5
+# How long closing the server lets handlers finish once their links are closed, before it
+# cancels them: a handler that ignores the end of its session must not hold the server.
+_HANDLER_GRACE = 5.0
 
 
 class Server:
@@ -114,6 +117,8 @@ class Server:
         self.port = port
         self._ws_server: Any = None
         self._tasks: anyio.abc.TaskGroup
+        # One cancel scope per link being served (websockets runs _handle for each).
+        self._serving: set[anyio.CancelScope] = set()
 
     async def __aenter__(self) -> Server:
         self._tasks = anyio.create_task_group()
@@ -133,20 +138,30 @@ class Server:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> bool | None:
+        # Left on a cancellation, the caller cannot wait for handlers to finish.
+        grace = 0.0 if _taskgroup.is_cancellation(exc) else _HANDLER_GRACE
         with anyio.CancelScope(shield=True):
-            await self.aclose()
+            await self._close(grace)
         # The block's own exception, if not a cancellation, propagates as itself.
         return await _taskgroup.leave(self._tasks, exc)
 
     async def aclose(self) -> None:
-        """Stop accepting, close every connection (code 1001) and stop the monitors."""
+        """Stop accepting, close every connection (code 1001) and stop the monitors.
+
+        Handlers get 5 seconds to return once their links are closed; those still running
+        then are cancelled.
+        """
+        await self._close(_HANDLER_GRACE)
+
+    async def _close(self, grace: float) -> None:
         server, self._ws_server = self._ws_server, None
         if server is not None:
-            if _backend.is_trio():
-                await server.aclose()
-            else:
-                server.close()
-                await server.wait_closed()
+            with anyio.move_on_after(grace):
+                await _close_listener(server)
+            if self._serving:  # handlers that outlived the grace
+                for scope in list(self._serving):
+                    scope.cancel()
+                await _close_listener(server)  # again: now the handlers end
         self._tasks.cancel_scope.cancel()
 
     async def serve_forever(self) -> None:
@@ -307,10 +322,14 @@ class Server:
         """websockets' handler: serve one link; let no exception out.
 
         Whatever websockets' server catches it logs as a raw traceback ("connection
-        handler failed"); every end of a link is one of our events instead.
+        handler failed"); every end of a link is one of our events instead. Closing the
+        server may cancel it (see :meth:`aclose`).
         """
+        scope = anyio.CancelScope()
+        self._serving.add(scope)
         try:
-            await self._serve_link(connection)
+            with scope:
+                await self._serve_link(connection)
         except Exception as exc:
             # Not the application's handler (its errors are handler_failed): a fault of
             # serve() itself, still one event, and the link ends as websockets would end it.
@@ -318,6 +337,7 @@ class Server:
             with anyio.CancelScope(shield=True), anyio.move_on_after(_backend.EXIT_TIMEOUT):
                 await _backend.close_link(connection, 1011, "internal error")
         finally:
+            self._serving.discard(scope)
             # However the link ended, let websockets' trio connection read to its end:
             # with its read paused on a full buffer it would never close.
             _backend.resume_reading(connection)
@@ -469,6 +489,16 @@ def _reject(
     if retry_after is not None:
         response.headers["Retry-After"] = str(retry_after)
     return response
+
+
+async def _close_listener(server: Any) -> None:
+    """Close websockets' server: stop listening, close every link (1001), wait for the
+    handlers to return. Cancellable, and safe to call again."""
+    if _backend.is_trio():
+        await server.aclose()
+    else:
+        server.close()
+        await server.wait_closed()
 
 
 def _listening_port(server: Any) -> int:
