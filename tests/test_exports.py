@@ -44,6 +44,7 @@ EXPECTED = [
     "QueueFull",
     "Reconnecting",
     "Replay",
+    "Resent",
     "ResilientWSError",
     "Resumed",
     "RetryBudgetExhausted",

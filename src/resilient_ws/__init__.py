@@ -20,6 +20,7 @@ from .events import (
     PeerRecovered,
     PeerStalled,
     Reconnecting,
+    Resent,
     Resumed,
     SessionLost,
 )
@@ -79,6 +80,7 @@ __all__ = [
     "QueueFull",
     "Reconnecting",
     "Replay",
+    "Resent",
     "ResilientWSError",
     "Resumed",
     "RetryBudgetExhausted",

@@ -11,7 +11,9 @@ import datetime
 import email.utils
 import functools
 import math
+import socket
 import ssl
+import struct
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
@@ -29,6 +31,7 @@ from websockets.exceptions import (
 from websockets.frames import Opcode
 from websockets.uri import parse_uri
 
+from . import _tcpinfo
 from ._protocol import BEACON_PREFIX, Beacon, ControlError, beacon_of, decode_control
 from .exceptions import (
     HandshakeFailed,
@@ -45,6 +48,8 @@ __all__ = [
     "ControlHandler",
     "RawLink",
     "abort_link",
+    "acked_now",
+    "acked_offset",
     "check_url",
     "close_link",
     "connection_class",
@@ -87,6 +92,10 @@ class RawLink(Protocol):
     @property
     def last_beacon(self) -> Beacon | None:
         """The peer's last lag beacon, if it sends them."""
+    @property
+    def bytes_written(self) -> int:
+        """Bytes handed to the transport so far, handshake included (set by our
+        connection subclasses): the offset where the last frame written ends."""
     control: ControlHandler | None
     """Where control messages go, on a link that negotiated the replay protocol."""
 
@@ -119,14 +128,63 @@ def check_url(url: str) -> str:
 class _Recording:
     """Mixed into websockets' connection classes: notes when each frame arrives (any
     inbound frame is proof of life), keeps the last lag beacon from the peer, and hands
-    control messages to :attr:`control` on replay links."""
+    control messages to :attr:`control` on replay links.
+
+    It also counts the bytes written on the link (:attr:`bytes_written`) and samples the
+    kernel's TCP state just before the socket closes (:attr:`end_info`): together they
+    tell which messages of a plain link the server's TCP never acknowledged.
+    """
 
     last_inbound = 0.0
     last_beacon: Beacon | None = None
     control: ControlHandler | None = None
+    bytes_written = 0
+    # The last TCP_INFO sample before the socket closed; bytes_written at that moment,
+    # and the offset up to which the kernel had transmitted them (None: unknown).
+    end_info: _tcpinfo.TcpInfo | None = None
+    end_written = 0
+    end_transmitted: int | None = None
+    # Whether abort_link found nothing unsent or unacknowledged anywhere, user space
+    # included (None: it did not look, or could not tell).
+    end_drained: bool | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Both websockets connections write exactly what data_to_send() returns, and
+        # nothing else: counting there makes each frame's end offset exact, handshake
+        # included, at the cost of one call per write (not a syscall).
+        protocol: Any = getattr(self, "protocol")  # noqa: B009 - set by websockets
+        take = protocol.data_to_send
+
+        def data_to_send() -> list[bytes]:
+            writes: list[bytes] = take()
+            for data in writes:  # usually one
+                self.bytes_written += len(data)
+            return writes
+
+        protocol.data_to_send = data_to_send
 
     def _now(self) -> float:
         raise NotImplementedError
+
+    def capture_end(self) -> None:
+        """Sample the kernel's view of the socket; call it just before the socket closes.
+
+        ``tcpi_bytes_acked`` only grows, so the last successful sample is the best one;
+        once the socket is closed, sampling fails and keeps the previous one.
+        """
+        sock = _tcpinfo.raw_socket(self)
+        info = None if sock is None else _tcpinfo.read(sock)
+        if info is not None:
+            self.end_info = info
+            self.end_written = written = self.bytes_written
+            # Past this offset, bytes never left the kernel or user space: the server
+            # cannot have them. (asyncio's buffer is already empty after an abort: then
+            # this overestimates, which only counts more messages as possible duplicates.)
+            unsent = info.notsent_bytes
+            transport: Any = getattr(self, "transport", None)
+            buffered = 0 if transport is None else transport.get_write_buffer_size()
+            self.end_transmitted = None if unsent is None else written - unsent - buffered
 
     def process_event(self, event: Any) -> None:
         self.last_inbound = self._now()
@@ -149,6 +207,22 @@ class _Recording:
             self.last_beacon = beacon
         if self.control is not None:
             self.control.on_control(fields)
+
+
+class _AsyncioEnd:
+    """asyncio: the transport closes the socket right after ``connection_lost``."""
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.capture_end()  # type: ignore[attr-defined]
+        super().connection_lost(exc)  # type: ignore[misc]
+
+
+class _TrioEnd:
+    """trio: websockets closes the stream in ``close_stream``, however the link ends."""
+
+    async def close_stream(self) -> None:
+        self.capture_end()  # type: ignore[attr-defined]
+        await super().close_stream()  # type: ignore[misc]
 
 
 def _asyncio_now(self: Any) -> float:
@@ -179,7 +253,8 @@ def connection_class(side: Literal["client", "server"], trio: bool) -> type[Any]
         module = websockets.asyncio
         now = _asyncio_now
     base = module.client.ClientConnection if side == "client" else module.server.ServerConnection
-    return type(f"Recording{base.__name__}", (_Recording, base), {"_now": now})
+    end = _TrioEnd if trio else _AsyncioEnd
+    return type(f"Recording{base.__name__}", (_Recording, end, base), {"_now": now})
 
 
 def is_trio() -> bool:
@@ -329,10 +404,19 @@ async def pong(raw: RawLink, data: bytes) -> None:
 
 
 def abort_link(raw: RawLink) -> None:
-    """Drop the TCP connection at once, without a closing handshake.
+    """Drop the TCP connection at once, with a reset, without a closing handshake.
 
     For a dead network: a closing handshake would wait for a peer that cannot answer.
+    ``SO_LINGER`` 0 makes the close send a RST and discard the send buffer. Without it the
+    kernel keeps the closed socket (FIN-WAIT-1) and retransmits what it buffered: those
+    bytes reach the server after the path heals, after the next link's, out of order, and
+    an answer from the server to the closed socket resets it midway, losing the rest.
     """
+    _sample_before_abort(raw)
+    linger = _tcpinfo.raw_socket(raw)
+    if linger is not None:
+        with suppress(OSError, AttributeError):
+            getattr(linger, "setsockopt")(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)  # noqa: B009
     transport = getattr(raw, "transport", None)
     if transport is not None:  # asyncio
         transport.abort()
@@ -343,6 +427,87 @@ def abort_link(raw: RawLink) -> None:
     if sock is not None:
         # trio's socket close wakes the tasks blocked on it (notify_closing).
         sock.close()
+
+
+# struct linger {int l_onoff; int l_linger;}: on, 0 seconds.
+_LINGER_RESET = struct.pack("ii", 1, 0)
+
+
+def _sample_before_abort(raw: Any) -> None:
+    """Note the kernel's state, and whether any byte written is still unsent or unacked."""
+    capture = getattr(raw, "capture_end", None)
+    if capture is None:
+        return
+    capture()
+    info: _tcpinfo.TcpInfo | None = raw.end_info
+    if info is not None:
+        raw.end_drained = _drained(raw, info)
+
+
+def _drained(raw: Any, info: _tcpinfo.TcpInfo) -> bool:
+    """Whether every byte written on the link was acknowledged: nothing unsent or
+    unacknowledged in the kernel, nor in user space where we can see it."""
+    if info.unacked != 0 or info.notsent_bytes:
+        return False
+    transport = getattr(raw, "transport", None)
+    if transport is not None:
+        # asyncio's TLS transport hides the ciphertext its socket transport buffers.
+        return bool(
+            transport.get_extra_info("ssl_object") is None
+            and transport.get_write_buffer_size() == 0
+        )
+    # trio counts and writes under send_lock, and send_all returns once the kernel has it.
+    lock = getattr(raw, "send_lock", None)
+    return lock is not None and not lock.locked()
+
+
+def acked_offset(raw: RawLink) -> tuple[int | None, int | None, str]:
+    """How far the server's TCP acknowledged the link's byte stream, once the link ended.
+
+    Returns:
+        ``(acked, transmitted, evidence)``, offsets in the count of ``RawLink.bytes_written``:
+        ``acked`` the bytes certainly received (``None``: unknown), ``transmitted`` the
+        bytes the kernel had sent at least once (``None``: unknown), and the evidence:
+        ``tcp_acked`` (Linux, ``ws://``: the kernel's count), ``send_queue`` (the link was
+        aborted with nothing unsent or unacknowledged: everything written arrived) or
+        ``none``.
+    """
+    info: _tcpinfo.TcpInfo | None = getattr(raw, "end_info", None)
+    if info is None:
+        return None, None, "none"
+    written: int = getattr(raw, "end_written")  # noqa: B009
+    if info.bytes_acked is not None and info.bytes_acked > 0 and not is_tls(raw):
+        # Minus our SYN's sequence number. An acknowledged FIN adds one more: harmless,
+        # as nothing is written after it.
+        return info.bytes_acked - 1, getattr(raw, "end_transmitted", None), "tcp_acked"
+    if getattr(raw, "end_drained", None):
+        return written, written, "send_queue"
+    return None, None, "none"
+
+
+def acked_now(raw: RawLink) -> int | None:
+    """The bytes of the link's stream the server's TCP certainly acknowledged so far, from
+    the kernel (one ``getsockopt``), or ``None`` when it cannot tell.
+
+    Linux over ``ws://``: ``tcpi_bytes_acked``. Elsewhere (TLS, where the kernel counts
+    ciphertext; no ``tcpi_bytes_acked``): everything written, when nothing is unsent or
+    unacknowledged (see :func:`acked_offset`'s ``send_queue``), else ``None``.
+    """
+    sock = _tcpinfo.raw_socket(raw)
+    info = None if sock is None else _tcpinfo.read(sock)
+    if info is None:
+        return None
+    if info.bytes_acked and not is_tls(raw):
+        return info.bytes_acked - 1  # minus our SYN
+    return raw.bytes_written if _drained(raw, info) else None
+
+
+def is_tls(raw: Any) -> bool:
+    """Whether the link runs over TLS (then the kernel counts ciphertext, not frames)."""
+    transport = getattr(raw, "transport", None)
+    if transport is not None and hasattr(transport, "get_extra_info"):
+        return transport.get_extra_info("ssl_object") is not None
+    return hasattr(getattr(raw, "stream", None), "transport_stream")
 
 
 async def wait_link_closed(raw: RawLink) -> None:

@@ -45,7 +45,9 @@ _DARWIN_BUFLEN = 112
 _LINUX_BASE = struct.Struct("=Bx3B3xI12xI16xI4x2I8x2I24xI")
 _LINUX_NOTSENT = 144  # tcpi_notsent_bytes: needs a 148-byte struct (Linux 4.6+)
 _LINUX_SND_WND = 228  # tcpi_snd_wnd, after tcpi_rcv_ooopack: needs a 232-byte struct
+_LINUX_BYTES_ACKED = 120  # u64 tcpi_bytes_acked (Linux 4.1+): needs a 128-byte struct
 _U32 = struct.Struct("=I")
+_U64 = struct.Struct("=Q")
 
 # struct tcp_connection_info (112 bytes), keeping: u8 state; u32 flags, rto (ms), maxseg;
 # u32 snd_wnd, snd_sbbytes; u32 srtt, rttvar (ms); u64 txretransmitpackets (the last field).
@@ -88,6 +90,10 @@ class TcpInfo:
             struct is too short to hold it (under 232 bytes).
         notsent_bytes: Bytes written but not yet sent; ``None`` on macOS and on Linux kernels
             whose struct is under 148 bytes.
+        bytes_acked: Sequence space the peer's TCP acknowledged over the connection's life
+            (``tcpi_bytes_acked``, RFC 4898 ``tcpEStatsAppHCThruOctetsAcked``): the bytes
+            written and acknowledged, plus 1 for our SYN (and 1 for a FIN once it is
+            acknowledged). ``None`` on macOS and on Linux kernels before 4.1.
     """
 
     state: int
@@ -104,6 +110,7 @@ class TcpInfo:
     last_ack_recv: float | None = None
     snd_wnd: int | None = None
     notsent_bytes: int | None = None
+    bytes_acked: int | None = None
 
     @property
     def established(self) -> bool:
@@ -120,6 +127,12 @@ def _optional_u32(data: bytes, offset: int) -> int | None:
     if len(data) < offset + _U32.size:
         return None
     return int(_U32.unpack_from(data, offset)[0])
+
+
+def _optional_u64(data: bytes, offset: int) -> int | None:
+    if len(data) < offset + _U64.size:
+        return None
+    return int(_U64.unpack_from(data, offset)[0])
 
 
 def parse_linux(data: bytes) -> TcpInfo:
@@ -166,6 +179,7 @@ def parse_linux(data: bytes) -> TcpInfo:
         last_ack_recv=last_ack_recv / 1e3,
         notsent_bytes=_optional_u32(data, _LINUX_NOTSENT),
         snd_wnd=_optional_u32(data, _LINUX_SND_WND),
+        bytes_acked=_optional_u64(data, _LINUX_BYTES_ACKED),
     )
 
 

@@ -29,6 +29,7 @@ from ._lag import LoopLagMonitor
 from ._link import Link, OnConnect
 from ._logging import log, redact_url
 from ._outbox import Message, Outbox, payload_size
+from ._plainwindow import PlainWindow
 from ._protocol import SUBPROTOCOL, ControlError, parse_grant
 from ._replay import ProtocolViolation
 from ._replaylink import ReplayLink
@@ -43,6 +44,7 @@ from .events import (
     Gap,
     InboundDropped,
     MessagesDropped,
+    Resent,
     Resumed,
     SessionLost,
 )
@@ -100,7 +102,8 @@ class ConnectionStats:
             (``resilient_ws.serve()`` beacons), seconds, or ``None``.
         session_id: The replay session's id, or ``None`` while the server does not speak
             the replay protocol (or ``replay=None``).
-        resent: Messages sent again on resumed links because the server lacked them.
+        resent: Messages sent again on new links because the server lacked them
+            (resumed replay sessions, and plain links: :class:`~resilient_ws.Resent`).
         gaps: :class:`~resilient_ws.Gap` events reported.
         unacked: Sent messages the server has not acknowledged yet (replay buffer).
     """
@@ -189,6 +192,11 @@ class Connection(MessageIterator):
         self._resent = self._gaps = 0
         # The link that send() writes to directly; None while down or flushing.
         self._live: RawLink | None = None
+        # On a plain link (no replay protocol): its recently sent messages, to resend
+        # what the server never received when it dies, and the link and its number.
+        self._window: PlainWindow | None = None
+        self._window_raw: RawLink | None = None
+        self._window_link = 0
         # The live link while send() may write to it directly, else None (_refresh_fast).
         self._fast: RawLink | None = None
         self._flushing = False
@@ -261,8 +269,9 @@ class Connection(MessageIterator):
         Messages from one task are sent in order, across reconnects. When the server
         speaks the replay protocol each message is delivered exactly once, or reported lost
         (:class:`~resilient_ws.SessionLost`). Without it, a message in flight when a link
-        dies is sent again on the next link, so the peer may see it twice, and messages
-        already in TCP buffers may be lost (see ``docs/protocol.md`` section 8).
+        dies, with the messages the server's TCP never acknowledged, is sent again on the
+        next link (:class:`~resilient_ws.Resent`): exactly those on Linux over ``ws://``,
+        at least once elsewhere (see ``docs/protocol.md``, "What plain mode loses").
 
         Args:
             message: ``str`` for a text frame, ``bytes`` for a binary frame.
@@ -280,14 +289,19 @@ class Connection(MessageIterator):
             if raw is None:
                 return  # queued
         replay = self._replay_link  # the live link's, if it speaks the protocol
+        window = self._window  # the live link's, if it is plain
         if replay is not None:
             replay.record(message)
+            window = None
+        elif window is not None:
+            window.push(message)
         try:
             await raw.send(message)
         except _backend.ConnectionClosed:
-            # The link died under this send: the replay buffer has the message, or keep
-            # it for the next link.
-            if replay is None:
+            # The link died under this send: the replay buffer or the plain link's
+            # window has the message (resent if the server lacks it), or keep it for
+            # the next link.
+            if replay is None and window is None:
                 self._outbox.appendleft(message, payload_size(message))
             if self._live is raw:
                 self._set_live(None)
@@ -295,6 +309,11 @@ class Connection(MessageIterator):
                 await self._flush(self._live)  # a new link is already up
             self._refresh_fast()
             return
+        if window is not None:
+            end = raw.bytes_written
+            window.done(end)
+            if end > window.check_at:
+                self._check_window(raw, window, end)
         self._sent += 1
 
     async def _send_slow(self, message: Message) -> RawLink | None:
@@ -492,26 +511,96 @@ class Connection(MessageIterator):
         self._refresh_fast()
         count = 0
         replay = self._numbering(raw)
+        window = None if replay is not None else self._plain_window(raw)
         try:
             while self._outbox:
+                if window is not None and self._window is not window:
+                    # The link ended while we sent: what it lacked is back in the queue.
+                    raise _backend.link_closed_error(raw)
                 message, size = self._outbox.popleft()
                 self._changed.notify()  # room for senders waiting on a full queue
                 if replay is not None:
                     replay.record(message, size)
+                elif window is not None:
+                    window.push(message)
                 try:
                     await raw.send(message)
                 except _backend.ConnectionClosed:
-                    if replay is None:
+                    if replay is None and window is None:
                         self._outbox.appendleft(message, size)
                     if self._live is raw:
                         self._set_live(None)
                     raise _backend.link_closed_error(raw) from None
+                if window is not None:
+                    end = raw.bytes_written
+                    window.done(end)
+                    if end > window.check_at:
+                        self._check_window(raw, window, end)
                 count += 1
                 self._sent += 1
         finally:
             self._flushing = False
             self._refresh_fast()
         return count
+
+    def _plain_window(self, raw: RawLink) -> PlainWindow | None:
+        """The window of plain link ``raw``, made on its first flush (before any send on
+        it; ``on_connect``'s messages are not kept: the hook runs again on the next link).
+        ``None`` for a link that already ended."""
+        if self._window_raw is not raw:
+            if raw.close_code is not None:
+                return None
+            self._window = PlainWindow()
+            self._window_raw = raw
+            self._window_link = self._supervisor.links
+        return self._window
+
+    @staticmethod
+    def _check_window(raw: RawLink, window: PlainWindow, end: int) -> None:
+        """Every ``check_every`` bytes of stream (never per message): forget what the
+        server's TCP acknowledged, so the window holds only the unacknowledged tail, then
+        enforce its bounds."""
+        acked = _backend.acked_now(raw)
+        if acked is not None:
+            window.confirm(acked)
+        window.trim(end)
+
+    def _resend_unreceived(self) -> None:
+        """A plain link ended: queue again, first, the messages the server never received.
+
+        The link is closed (its socket sampled just before), except when the supervisor
+        leaves it for the primary URL: then a closing handshake follows, which delivers
+        everything written before it, and nothing is resent.
+        """
+        window, raw = self._window, self._window_raw
+        self._window = self._window_raw = None
+        if window is None or raw is None or raw.close_code is None:
+            return
+        acked, transmitted, evidence = _backend.acked_offset(raw)
+        resend = window.unreceived(acked, transmitted)
+        if not resend.messages and not resend.overflowed:
+            return
+        for message in reversed(resend.messages):
+            self._outbox.appendleft(message, payload_size(message))
+        count = len(resend.messages)
+        self._resent += count
+        self._refresh_fast()
+        self._changed.notify()
+        link = self._window_link
+        self._emit(
+            Resent(at=anyio.current_time(), link=link, resent=count, uncertain=resend.uncertain,
+                   overflowed=resend.overflowed, evidence=evidence)
+        )  # fmt: skip
+        log(
+            "messages_resent",
+            logging.WARNING if resend.overflowed else logging.INFO,
+            connection_id=self.connection_id,
+            link=link,
+            resent=count,
+            uncertain=resend.uncertain,
+            overflowed=resend.overflowed,
+            evidence=evidence,
+        )
 
     # ---- serving the supervisor (the Session protocol) -----------------------------------
 
@@ -653,6 +742,7 @@ class Connection(MessageIterator):
             # What the link still buffers was not acknowledged: the server resends it.
             replay.retire()
             self._links = deque(entry for entry in self._links if entry[2] is not replay)
+        self._resend_unreceived()
         self._set_live(None)
         if self._machine.state is not State.CLOSING:
             self._machine.apply(Input.LINK_DOWN)
@@ -663,6 +753,8 @@ class Connection(MessageIterator):
         with suppress(LinkError):
             await self._flush(raw)
         self._set_live(None)
+        # The closing handshake delivers what was written; the connection ends here.
+        self._window = self._window_raw = None
         replay = self._numbering(raw)
         if replay is not None:
             await replay.send_ack()  # the last ack: the session ends with the link

@@ -29,6 +29,7 @@ __all__ = [
     "PeerRecovered",
     "PeerStalled",
     "Reconnecting",
+    "Resent",
     "Resumed",
     "SessionLost",
 ]
@@ -259,3 +260,32 @@ class SessionLost(Event):
     session_id: str
     unacked: int
     resent: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Resent(Event):
+    """A plain link ended (the server does not speak the replay protocol): the messages it
+    left unreceived are sent again on the next link, first in the send queue, in order.
+
+    The link is dropped with a TCP reset, so none of its bytes can reach the server after
+    the next link's. Which messages the server's TCP acknowledged comes from the kernel
+    (see ``docs/protocol.md``, "What plain mode loses").
+
+    Attributes:
+        link: The link that ended (1 for the first).
+        resent: Messages queued to be sent again.
+        uncertain: How many of ``resent`` may have reached the server already, and may
+            arrive twice. 0 when the kernel's count of acknowledged bytes proved each one
+            unreceived (Linux, ``ws://``).
+        overflowed: Older messages, beyond the bounds of what a link keeps, that may not
+            have reached the server and are not sent again (an upper bound; normally 0).
+        evidence: ``"tcp_acked"`` (the kernel's exact count of acknowledged bytes),
+            ``"send_queue"`` (the link was dropped with nothing unsent or unacknowledged)
+            or ``"none"`` (unknown: every message the link kept is sent again).
+    """
+
+    link: int
+    resent: int
+    uncertain: int
+    overflowed: int
+    evidence: str
