@@ -17,8 +17,8 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -313,59 +313,58 @@ class Chaos:
             await anyio.sleep(self.rng.uniform(0.3, 3.0))
 
 
-async def run_chaos(
-    request: pytest.FixtureRequest,
-    backend: str,
-    *,
-    disconnects: int,
-    firewall: Firewall | None = None,
+def check_exactly_once(
+    client: Stream, handler: ChaosHandler, events: list[Event], ws: resilient_ws.Connection
 ) -> None:
-    seed = random.randrange(2**32)
-    request.node.user_properties.append(("seed", seed))
-    rng = random.Random(seed)
-    stop = threading.Event()  # both sides stop streaming
-    handler = ChaosHandler(stop)
-    client = Stream()
+    assert handler.stream.received == list(range(1, client.sent + 1))
+    assert client.received == list(range(1, handler.stream.sent + 1))
+    assert not [e for e in events if isinstance(e, (Gap, SessionLost))]
+    assert ws.stats.gaps == 0
+    assert len(handler.sessions) == 1
+    assert handler.sessions[0].id == ws.stats.session_id
+    assert not handler.sessions[0].gaps
+
+
+@asynccontextmanager
+async def streaming(
+    backend: str,
+    handler: ChaosHandler,
+    client: Stream,
+    events: list[Event],
+    *,
+    server_options: dict[str, Any],
+    connect_options: dict[str, Any],
+) -> AsyncIterator[tuple[resilient_ws.Connection, Child, int]]:
+    """A ``serve(handler)`` server, a proxy process in front of it and a client through
+    the proxy, both sides streaming numbers. Yields the connection, the proxy and its port
+    for the chaos; on leaving, stops both streams and waits (bounded) until each side has
+    everything the other sent, then closes."""
     client_streamed = anyio.Event()
-    events: list[Event] = []
 
     async def stream_from_client(ws: resilient_ws.Connection) -> None:
-        await client.send_numbers(ws.send, stop)
+        await client.send_numbers(ws.send, handler.stop)
         client_streamed.set()
 
     async def receive(ws: resilient_ws.Connection) -> None:
         async for message in ws:
             client.receive(message)
 
-    server = ChaosServer(backend, handler, replay=Replay(max_messages=BUFFER))
+    server = ChaosServer(backend, handler, **server_options)
     await anyio.to_thread.run_sync(server.start)
     try:
         port = free_port()
         with child(PROXY, str(port), str(server.port)) as proxy:
             await anyio.to_thread.run_sync(proxy.start)
+            url = f"ws://127.0.0.1:{port}/"
             async with (
-                resilient_ws.connect(
-                    f"ws://127.0.0.1:{port}/",
-                    backoff=CHAOS_BACKOFF,
-                    replay=Replay(max_messages=BUFFER),
-                    send_queue=SendQueue(max_messages=BUFFER),
-                    open_timeout=2.0,  # an attempt into dropped packets fails fast
-                ) as ws,
+                resilient_ws.connect(url, **connect_options) as ws,
                 anyio.create_task_group() as tasks,
             ):
-                chaos = Chaos(ws, proxy, rng)
                 tasks.start_soon(collect, ws, events)
                 tasks.start_soon(receive, ws)
                 tasks.start_soon(stream_from_client, ws)
-                # Bounded: at most twice the kills wanted, each bounded in time.
-                for _ in range(2 * disconnects):
-                    if chaos.live_kills >= disconnects:
-                        break
-                    if firewall is not None and rng.random() < 0.25:
-                        await chaos.drop(firewall, port)
-                    else:
-                        await chaos.kill()
-                stop.set()
+                yield ws, proxy, port
+                handler.stop.set()
                 with anyio.fail_after(TIMEOUT):
                     await client_streamed.wait()
                 await wait_until(handler.streamed.is_set)
@@ -381,6 +380,44 @@ async def run_chaos(
             await wait_until(handler.done.is_set)
     finally:
         await anyio.to_thread.run_sync(server.stop)
+    server.check()
+
+
+async def run_chaos(
+    request: pytest.FixtureRequest,
+    backend: str,
+    *,
+    disconnects: int,
+    firewall: Firewall | None = None,
+) -> None:
+    seed = random.randrange(2**32)
+    request.node.user_properties.append(("seed", seed))
+    rng = random.Random(seed)
+    handler = ChaosHandler(threading.Event())
+    client = Stream()
+    events: list[Event] = []
+    async with streaming(
+        backend,
+        handler,
+        client,
+        events,
+        server_options={"replay": Replay(max_messages=BUFFER)},
+        connect_options={
+            "backoff": CHAOS_BACKOFF,
+            "replay": Replay(max_messages=BUFFER),
+            "send_queue": SendQueue(max_messages=BUFFER),
+            "open_timeout": 2.0,  # an attempt into dropped packets fails fast
+        },
+    ) as (ws, proxy, port):
+        chaos = Chaos(ws, proxy, rng)
+        # Bounded: at most twice the kills wanted, each bounded in time.
+        for _ in range(2 * disconnects):
+            if chaos.live_kills >= disconnects:
+                break
+            if firewall is not None and rng.random() < 0.25:
+                await chaos.drop(firewall, port)
+            else:
+                await chaos.kill()
 
     disconnected = [e for e in events if isinstance(e, Disconnected) and e.uptime is not None]
     resumed = [e for e in events if isinstance(e, Resumed)]
@@ -399,13 +436,7 @@ async def run_chaos(
         request.node.user_properties.append((name, value))
 
     # Exactly once and in order, both ways; the session never broke.
-    assert handler.stream.received == list(range(1, client.sent + 1))
-    assert client.received == list(range(1, handler.stream.sent + 1))
-    assert not [e for e in events if isinstance(e, (Gap, SessionLost))]
-    assert ws.stats.gaps == 0
-    assert len(handler.sessions) == 1
-    assert handler.sessions[0].id == ws.stats.session_id
-    assert not handler.sessions[0].gaps
+    check_exactly_once(client, handler, events, ws)
     # Every kill that hit a live link cost the client that link, and it resumed.
     assert chaos.live_kills >= disconnects
     assert len(disconnected) >= chaos.live_kills
@@ -414,7 +445,6 @@ async def run_chaos(
     assert handler.sessions[0].links >= chaos.live_kills + 1
     # Traffic flowed all along: at least a second's worth of it each way.
     assert min(client.sent, handler.stream.sent) >= RATE
-    server.check()
 
 
 @pytest.mark.parametrize(
@@ -437,70 +467,24 @@ async def test_chaos_every_message_exactly_once_in_order_both_ways(
 FLAP_RATE = 500
 
 
-def check_exactly_once(
-    client: Stream, handler: ChaosHandler, events: list[Event], ws: resilient_ws.Connection
-) -> None:
-    assert handler.stream.received == list(range(1, client.sent + 1))
-    assert client.received == list(range(1, handler.stream.sent + 1))
-    assert not [e for e in events if isinstance(e, (Gap, SessionLost))]
-    assert ws.stats.gaps == 0
-    assert len(handler.sessions) == 1
-    assert handler.sessions[0].id == ws.stats.session_id
-    assert not handler.sessions[0].gaps
-
-
 async def run_flapping(request: pytest.FixtureRequest, backend: str, seconds: float) -> None:
     seed = random.randrange(2**32)
     request.node.user_properties.append(("seed", seed))
     rng = random.Random(seed)
-    stop = threading.Event()
-    handler = ChaosHandler(stop, rate=FLAP_RATE)
+    handler = ChaosHandler(threading.Event(), rate=FLAP_RATE)
     client = Stream(rate=FLAP_RATE)
-    client_streamed = anyio.Event()
     events: list[Event] = []
     kills = 0
-
-    async def stream_from_client(ws: resilient_ws.Connection) -> None:
-        await client.send_numbers(ws.send, stop)
-        client_streamed.set()
-
-    async def receive(ws: resilient_ws.Connection) -> None:
-        async for message in ws:
-            client.receive(message)
-
-    server = ChaosServer(backend, handler)  # serve() on defaults
-    await anyio.to_thread.run_sync(server.start)
-    try:
-        port = free_port()
-        with child(PROXY, str(port), str(server.port)) as proxy:
+    # Defaults everywhere: serve() and connect() are given no settings at all.
+    async with streaming(
+        backend, handler, client, events, server_options={}, connect_options={}
+    ) as (ws, proxy, _):
+        end = anyio.current_time() + seconds
+        while anyio.current_time() < end:  # bounded in time
+            await anyio.sleep(rng.uniform(0.5, 2.0))
+            await anyio.to_thread.run_sync(proxy.kill)
+            kills += 1
             await anyio.to_thread.run_sync(proxy.start)
-            async with (
-                resilient_ws.connect(f"ws://127.0.0.1:{port}/") as ws,  # defaults
-                anyio.create_task_group() as tasks,
-            ):
-                tasks.start_soon(collect, ws, events)
-                tasks.start_soon(receive, ws)
-                tasks.start_soon(stream_from_client, ws)
-                end = anyio.current_time() + seconds
-                while anyio.current_time() < end:  # bounded in time
-                    await anyio.sleep(rng.uniform(0.5, 2.0))
-                    await anyio.to_thread.run_sync(proxy.kill)
-                    kills += 1
-                    await anyio.to_thread.run_sync(proxy.start)
-                stop.set()
-                with anyio.fail_after(TIMEOUT):
-                    await client_streamed.wait()
-                await wait_until(handler.streamed.is_set)
-                await wait_until(
-                    lambda: (
-                        len(client.received) >= handler.stream.sent
-                        and len(handler.stream.received) >= client.sent
-                    )
-                )
-                await ws.close()
-            await wait_until(handler.done.is_set)
-    finally:
-        await anyio.to_thread.run_sync(server.stop)
 
     disconnected = [e for e in events if isinstance(e, Disconnected) and e.uptime is not None]
     delays = [e.delay for e in events if isinstance(e, resilient_ws.Reconnecting)]
@@ -518,7 +502,6 @@ async def run_flapping(request: pytest.FixtureRequest, backend: str, seconds: fl
     # The kills cut live links, and traffic flowed at the rate asked for.
     assert len(disconnected) >= kills // 2
     assert min(client.sent, handler.stream.sent) >= FLAP_RATE * seconds * 0.8
-    server.check()
 
 
 @pytest.mark.parametrize(
