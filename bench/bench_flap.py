@@ -31,12 +31,13 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from _benchutil import free_port, pin
 
 import resilient_ws
 
@@ -80,18 +81,6 @@ async def main():
 
 anyio.run(main)
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def pin(cpu: int) -> list[str]:
-    if hasattr(os, "sched_getaffinity") and cpu in os.sched_getaffinity(0):
-        return ["taskset", "-c", str(cpu)]
-    return []
 
 
 def spawn(*argv: str) -> subprocess.Popen[str]:

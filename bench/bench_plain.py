@@ -30,7 +30,6 @@ import asyncio
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -41,6 +40,7 @@ from typing import Any
 
 import anyio
 import sniffio
+from _benchutil import free_port
 
 import resilient_ws
 
@@ -98,12 +98,6 @@ def child_server(answering: bool) -> Iterator[int]:
         process.wait(10)
         if process.stdout is not None:
             process.stdout.close()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
 
 
 async def report(port: int) -> list[list[Any]]:

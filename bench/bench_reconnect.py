@@ -28,12 +28,13 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import time
 from typing import Any
+
+from _benchutil import free_port, pin
 
 import resilient_ws
 
@@ -56,19 +57,6 @@ async def main(port, mode):
 
 asyncio.run(main(int(sys.argv[1]), sys.argv[2]))
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def pin(cpu: int) -> list[str]:
-    """``taskset`` prefix for a child on ``cpu``, when the machine has it."""
-    if hasattr(os, "sched_getaffinity") and cpu in os.sched_getaffinity(0):
-        return ["taskset", "-c", str(cpu)]
-    return []
 
 
 class Server:
