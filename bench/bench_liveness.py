@@ -3,7 +3,11 @@
     sudo python bench/bench_liveness.py [--runs 5] [--raw-runs N] [--stalls 10,45]
                                         [--stall-clients 2] [--traffic-seconds 20]
                                         [--busy-rate 50] [--server plain|resilient]
-                                        [--scenarios dead,stall,traffic] [--json]
+                                        [--serve-runs 10] [--serve-raw-runs 3]
+                                        [--failover-runs 20] [--failover-raw-runs 3]
+                                        [--backends asyncio,trio]
+                                        [--scenarios dead,stall,traffic,serve-dead,failover]
+                                        [--json]
 
 Both clients run with their defaults, side by side in this process: ``resilient_ws.connect(url)``
 (``Keepalive()``: a probe after 1 s without an inbound frame, an adaptive pong timeout, a
@@ -33,6 +37,18 @@ counts the control frames of every connection by wrapping its protocol's ``recv_
    (the server sends ``--busy-rate`` small messages a second), all at once; over
    ``--traffic-seconds`` the server counts the pings each client sent and the bytes of every
    control frame (WebSocket frame bytes: TCP/IP headers are not included).
+4. Dead network against ``resilient_ws.serve()`` (issue 9, item 6; root and iptables). As 1,
+   but always against a ``serve()`` child with its defaults: its lag beacons arrive every
+   second, so the client never probes an idle link and its only RTT is the kernel's
+   (``tcpi_rtt``). Reports whether ``stats.srtt`` was known before the drop and the pong
+   timeout then; ``--serve-raw-runs`` raw clients run in parallel for comparison.
+5. Failover under traffic (issue 9, item 8; root and iptables). ``urls=[primary, backup]``,
+   two plain servers that read and never answer, the client sending a small message every
+   10 ms; after 2-4 s a DROP on the primary's port. Measured from just before the first rule
+   to ``Connected`` on the backup, ``--failover-runs`` times on each of ``--backends``;
+   every run's ``PeerStalled`` evidence is counted. Raw websockets has no failover: its
+   ``--failover-raw-runs`` runs (in parallel, same traffic) report when its keepalive closes,
+   the first moment an application could move to a backup.
 """
 
 from __future__ import annotations
@@ -42,6 +58,7 @@ import asyncio
 import ctypes
 import importlib.metadata
 import json
+import math
 import os
 import platform
 import random
@@ -87,6 +104,14 @@ RECONNECT_BOUND = 30.0
 STALL_SETTLE = 3.0
 STALL_GRACE = 5.0
 SAMPLE_EVERY = 0.1
+# Failover (issue 9, item 8): time the client streams before the drop, its send interval,
+# the target and the wait for the backup.
+FAILOVER_IDLE = (2.0, 4.0)
+FAILOVER_SEND_EVERY = 0.01
+FAILOVER_TARGET = 3.0
+FAILOVER_BOUND = 20.0
+# Dead network against serve() (issue 9, item 6): median target.
+SERVE_DEAD_MEDIAN_TARGET = 1.5
 # Probe traffic: time for the busy streams to start before counting.
 TRAFFIC_SETTLE = 2.0
 # Bounds on waits and retries.
@@ -95,6 +120,8 @@ MAX_DELETES = 5
 
 # Child servers and iptables rules still to clean up if a finally block could not.
 _CHILDREN: dict[int, subprocess.Popen[str]] = {}
+# The pid of the child server listening on each port (to SIGSTOP it).
+_PIDS: dict[int, int] = {}
 _RULES_IN_PLACE: list[list[str]] = []
 
 T = TypeVar("T")
@@ -192,7 +219,10 @@ async def _serve(kind: str, busy_rate: float) -> None:
             await _control(ws, stats)
             return
         counters = stats.setdefault(path, Counter())
-        _count_frames(ws.protocol, counters)
+        # A serve() session has no protocol of its own to count frames on (its links do).
+        protocol = getattr(ws, "protocol", None)
+        if protocol is not None:
+            _count_frames(protocol, counters)
         streaming = None
         if path.startswith("/busy/"):
             streaming = asyncio.create_task(_stream(ws, busy_rate))
@@ -218,9 +248,11 @@ async def _serve(kind: str, busy_rate: float) -> None:
 
 
 @contextmanager
-def _child_server(args: argparse.Namespace) -> Iterator[int]:
-    """Start a server in a child process; yield its port; kill it by pid on the way out."""
-    command = [sys.executable, __file__, "--serve", args.server, "--busy-rate", str(args.busy_rate)]
+def _child_server(args: argparse.Namespace, kind: str | None = None) -> Iterator[int]:
+    """Start a server in a child process (``kind``: plain or resilient, default
+    ``--server``); yield its port; kill it by pid on the way out."""
+    kind = args.server if kind is None else kind
+    command = [sys.executable, __file__, "--serve", kind, "--busy-rate", str(args.busy_rate)]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     _CHILDREN[process.pid] = process
     try:
@@ -229,6 +261,7 @@ def _child_server(args: argparse.Namespace) -> Iterator[int]:
         line = process.stdout.readline() if ready else ""
         if not line.strip().isdigit():
             raise RuntimeError(f"the server did not start (pid {process.pid}, said {line!r})")
+        _PIDS[int(line)] = process.pid
         yield int(line)
     finally:
         _kill_child(process)
@@ -493,6 +526,153 @@ async def _dead_network(resilient_port: int, raw_ports: list[int], runs: int) ->
     return sorted(results, key=lambda r: (r.client, r.run))
 
 
+# ---- 4. failover under traffic ---------------------------------------------------------
+
+
+@dataclass
+class FailoverRun:
+    client: str
+    backend: str
+    run: int
+    idle_before_drop: float
+    sent_before_drop: int = 0
+    on_backup: float | None = None
+    """Resilient: seconds from the drop to Connected on the backup URL."""
+    detected: float | None = None
+    """Seconds from the drop to Disconnected (resilient) or ConnectionClosed (raw)."""
+    verdict: str | None = None
+    stalled_evidence: list[str] = field(default_factory=list)
+    """Resilient: the evidence of every PeerStalled between the drop and the failover."""
+    trail: list[str] = field(default_factory=list)
+
+
+async def _send_every(ws: Any, interval: float, sent: list[int]) -> None:
+    """Send a small message every ``interval`` seconds (raw or resilient connection)."""
+    with suppress(resilient_ws.ConnectionClosed, RawConnectionClosed):
+        for i in range(10**9):
+            await ws.send(f"tick {i}")
+            sent[0] += 1
+            await anyio.sleep(interval)
+
+
+async def _failover_resilient(primary: int, backup: int, run: int, backend: str) -> FailoverRun:
+    """Issue 9, item 8: urls=[primary, backup], plain servers that never answer, the client
+    sending every 10 ms, then DROP on the primary's port at a random moment."""
+    urls = [f"ws://{HOST}:{port}/failover/{backend}/{run}" for port in (primary, backup)]
+    idle = random.uniform(*FAILOVER_IDLE)
+    result = FailoverRun("resilient", backend, run, idle)
+    sent = [0]
+    async with resilient_ws.connect(urls=urls) as ws, anyio.create_task_group() as tasks:
+        events = _Events(ws)
+        tasks.start_soon(events.run)
+        await events.wait_for(resilient_ws.Connected, 0.0)
+        tasks.start_soon(_send_every, ws, FAILOVER_SEND_EVERY, sent)
+        await anyio.sleep(idle)
+        result.sent_before_drop = sent[0]
+        start = anyio.current_time()
+        async with _network_dropped(primary):
+            with anyio.move_on_after(FAILOVER_BOUND):
+                since = start
+                while result.on_backup is None:  # bounded by FAILOVER_BOUND
+                    moved = await events.wait_for(resilient_ws.Connected, since)
+                    if moved.url == urls[1]:
+                        result.on_backup = moved.at - start
+                    since = moved.at + 1e-9  # back on the primary: wait for the next one
+        tasks.cancel_scope.cancel()
+    lost = [event for event in events.of(resilient_ws.Disconnected) if event.at >= start]
+    if lost:
+        result.detected, result.verdict = lost[0].at - start, lost[0].verdict
+    result.stalled_evidence = [
+        event.evidence for event in events.of(resilient_ws.PeerStalled) if event.at >= start
+    ]
+    result.trail = [_describe(event, start) for event in events.seen if event.at >= start]
+    return result
+
+
+async def _failover_aimed(primary: int, backup: int, run: int, backend: str) -> FailoverRun:
+    """Item 8 aimed at its window: the primary is SIGSTOPped while the client streams (its
+    kernel ACKs: server_stalled), and the path is cut 0.1 s after the stall's re-probe, once
+    an ACK of older data has followed it; every newer byte then goes unacknowledged."""
+    urls = [f"ws://{HOST}:{port}/aimed/{backend}/{run}" for port in (primary, backup)]
+    result = FailoverRun("aimed", backend, run, 0.0)
+    sent = [0]
+    pid = _PIDS[primary]
+    async with resilient_ws.connect(urls=urls) as ws, anyio.create_task_group() as tasks:
+        events = _Events(ws)
+        tasks.start_soon(events.run)
+        await events.wait_for(resilient_ws.Connected, 0.0)
+        tasks.start_soon(_send_every, ws, FAILOVER_SEND_EVERY, sent)
+        await anyio.sleep(random.uniform(0.0, 1.0))
+        os.kill(pid, signal.SIGSTOP)
+        start = anyio.current_time()
+        try:
+            with anyio.fail_after(FAILOVER_BOUND):
+                stalled = await events.wait_for(resilient_ws.PeerStalled, start)
+            timeout = ws.stats.timeout or 0.0
+            # The stall's first probe went out one timeout before the verdict; the keepalive
+            # probes again max(idle, timeout) after it.
+            reprobe = stalled.at - timeout + max(resilient_ws.Keepalive().idle, timeout)
+            await anyio.sleep_until(reprobe + 0.1)
+            result.idle_before_drop = anyio.current_time() - start
+            result.sent_before_drop = sent[0]
+            start = anyio.current_time()
+            async with _network_dropped(primary):
+                with anyio.move_on_after(FAILOVER_BOUND):
+                    moved = await events.wait_for(resilient_ws.Connected, start)
+                    if moved.url == urls[1]:
+                        result.on_backup = moved.at - start
+            tasks.cancel_scope.cancel()
+        finally:
+            os.kill(pid, signal.SIGCONT)
+    lost = [event for event in events.of(resilient_ws.Disconnected) if event.at >= start]
+    if lost:
+        result.detected, result.verdict = lost[0].at - start, lost[0].verdict
+    result.stalled_evidence = [event.evidence for event in events.of(resilient_ws.PeerStalled)]
+    result.trail = [_describe(event, start) for event in events.seen if event.at >= start]
+    return result
+
+
+async def _failover_runs(
+    primary: int, backup: int, runs: int, aimed: int, backend: str
+) -> list[FailoverRun]:
+    results = [await _failover_resilient(primary, backup, run, backend) for run in range(runs)]
+    for run in range(aimed):
+        results.append(await _failover_aimed(primary, backup, run, backend))
+    return results
+
+
+async def _failover_raw_one(port: int, run: int) -> FailoverRun:
+    """Raw websockets, same traffic: when its keepalive lets an application fail over."""
+    idle = random.uniform(*FAILOVER_IDLE)
+    result = FailoverRun("raw", "asyncio", run, idle)
+    sent = [0]
+    url = f"ws://{HOST}:{port}/failover/raw/{run}"
+    async with raw_connect(url) as ws, anyio.create_task_group() as tasks:
+        tasks.start_soon(_send_every, ws, FAILOVER_SEND_EVERY, sent)
+        await anyio.sleep(idle)
+        result.sent_before_drop = sent[0]
+        start = anyio.current_time()
+        async with _network_dropped(port):
+            with anyio.move_on_after(DETECT_BOUND):
+                await ws.wait_closed()
+                result.detected = anyio.current_time() - start
+                result.verdict = str(ws.close_reason or ws.close_code)
+        tasks.cancel_scope.cancel()
+    return result
+
+
+async def _failover_raw(ports: list[int]) -> list[FailoverRun]:
+    results: list[FailoverRun] = []
+
+    async def one(port: int, run: int) -> None:
+        results.append(await _failover_raw_one(port, run))
+
+    async with anyio.create_task_group() as tasks:
+        for run, port in enumerate(ports):
+            tasks.start_soon(one, port, run)
+    return sorted(results, key=lambda r: r.run)
+
+
 # ---- 2. server stall ------------------------------------------------------------------
 
 
@@ -708,14 +888,45 @@ def run_scenarios(args: argparse.Namespace) -> dict[str, Any]:
         with _child_server(args) as port:
             traffic = anyio.run(_traffic, port, args.traffic_seconds)
         report["traffic"] = [asdict(row) for row in traffic]
+    if "serve-dead" in args.scenarios:
+        why_not = _iptables_unavailable()
+        if why_not is not None:
+            report["serve_dead"] = {"skipped": why_not}
+        else:
+            with (
+                _child_server(args, "resilient") as port,
+                _child_servers(args, args.serve_raw_runs, "resilient") as raw_ports,
+            ):
+                runs = anyio.run(_dead_network, port, raw_ports, args.serve_runs)
+            report["serve_dead"] = {"runs": [asdict(run) for run in runs]}
+    if "failover" in args.scenarios:
+        why_not = _iptables_unavailable()
+        if why_not is not None:
+            report["failover"] = {"skipped": why_not}
+        else:
+            failover: list[dict[str, Any]] = []
+            for backend in args.backends:
+                with _child_servers(args, 2, "plain") as (primary, backup):
+                    counts = (args.failover_runs, args.aimed_runs)
+                    runs = anyio.run(
+                        _failover_runs, primary, backup, *counts, backend, backend=backend
+                    )
+                failover += [asdict(run) for run in runs]
+            if args.failover_raw_runs:
+                with _child_servers(args, args.failover_raw_runs, "plain") as raw_ports:
+                    failover += [asdict(run) for run in anyio.run(_failover_raw, raw_ports)]
+            report["failover"] = {"runs": failover}
     return report
 
 
 @contextmanager
-def _child_servers(args: argparse.Namespace) -> Iterator[list[int]]:
+def _child_servers(
+    args: argparse.Namespace, count: int | None = None, kind: str | None = None
+) -> Iterator[list[int]]:
     """One server per raw dead-network run: each run drops its own port."""
+    count = args.raw_runs if count is None else count
     with ExitStack() as stack:
-        yield [stack.enter_context(_child_server(args)) for _ in range(args.raw_runs)]
+        yield [stack.enter_context(_child_server(args, kind)) for _ in range(count)]
 
 
 # ---- report ---------------------------------------------------------------------------
@@ -734,12 +945,104 @@ def _fmt(value: float | None, digits: int = 2) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def _fmt_list(values: list[float], digits: int = 1) -> str:
-    return ", ".join(f"{v:.{digits}f}" for v in values) or "-"
+def _fmt_list(values: list[float] | list[float | None], digits: int = 1) -> str:
+    return ", ".join("-" if v is None else f"{v:.{digits}f}" for v in values) or "-"
+
+
+def _dead_by_client(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    by_client: dict[str, Any] = {}
+    for client in ("raw", "resilient"):
+        mine = [r for r in runs if r["client"] == client]
+        detected = [r["detected"] for r in mine if r["detected"] is not None]
+        gave_up = [r["keepalive_gave_up"] for r in mine if r["keepalive_gave_up"] is not None]
+        back = [r["reconnected"] for r in mine if r["reconnected"] is not None]
+        by_client[client] = {
+            "runs": len(mine),
+            "detected": len(detected),
+            "median": _median(detected),
+            "max": _max(detected),
+            "verdicts": dict(Counter(str(r["verdict"]) for r in mine)),
+            "keepalive_gave_up_median": _median(gave_up),
+            "reconnected": len(back),
+            "reconnected_median": _median(back),
+            "srtt_known": sum(r["srtt"] is not None for r in mine),
+            "timeouts": sorted({round(r["timeout"], 3) for r in mine if r["timeout"] is not None}),
+        }
+    return by_client
+
+
+def _summarize_issue9(report: dict[str, Any], summary: dict[str, Any]) -> list[Target]:
+    """Issue 9: dead network on an idle link to serve() (item 6), failover (item 8)."""
+    targets: list[Target] = []
+    serve = report.get("serve_dead")
+    name = "dead network vs serve(), median"
+    goal = f"<= {SERVE_DEAD_MEDIAN_TARGET} s"
+    if serve is None or "skipped" in serve:
+        why = "not run" if serve is None else f"skipped: {serve['skipped']}"
+        targets.append(Target(name, goal, why, None))
+    else:
+        by_client = summary["serve_dead"] = _dead_by_client(serve["runs"])
+        res = by_client["resilient"]
+        ok = res["detected"] == res["runs"] > 0 and (res["median"] or math.inf) <= goal_s(goal)
+        measured = f"{_fmt(res['median'])} s ({res['detected']}/{res['runs']} detected)"
+        targets.append(Target(name, goal, measured, ok))
+        targets.append(
+            Target(
+                "SRTT known on an idle serve() link",
+                "every run",
+                f"{res['srtt_known']}/{res['runs']}",
+                res["srtt_known"] == res["runs"] > 0,
+            )
+        )
+    failover = report.get("failover")
+    name = f"failover: on backup within {FAILOVER_TARGET:g} s"
+    if failover is None or "skipped" in failover:
+        why = "not run" if failover is None else f"skipped: {failover['skipped']}"
+        targets.append(Target(name, "every run", why, None))
+        return targets
+    per_backend: dict[str, Any] = {}
+    resilient = [r for r in failover["runs"] if r["client"] in ("resilient", "aimed")]
+    for client, backend in sorted({(r["client"], r["backend"]) for r in resilient}):
+        mine = [r for r in resilient if (r["client"], r["backend"]) == (client, backend)]
+        times = [r["on_backup"] for r in mine if r["on_backup"] is not None]
+        per_backend[f"{client} {backend}"] = {
+            "client": client,
+            "backend": backend,
+            "runs": len(mine),
+            "on_backup": len(times),
+            "within_target": sum(t <= FAILOVER_TARGET for t in times),
+            "median": _median(times),
+            "max": _max(times),
+            "verdicts": dict(Counter(str(r["verdict"]) for r in mine)),
+            "stalled_evidence": dict(Counter(e for r in mine for e in r["stalled_evidence"])),
+        }
+    raw = [r["detected"] for r in failover["runs"] if r["client"] == "raw"]
+    summary["failover"] = {
+        "resilient": per_backend,
+        "raw": {
+            "runs": sum(r["client"] == "raw" for r in failover["runs"]),
+            "detected": len([t for t in raw if t is not None]),
+            "median": _median([t for t in raw if t is not None]),
+        },
+    }
+    for client, label in (("resilient", "random drop"), ("aimed", "drop after a stall verdict")):
+        mine = [b for b in per_backend.values() if b["client"] == client]
+        if not mine:
+            continue
+        within = sum(b["within_target"] for b in mine)
+        total = sum(b["runs"] for b in mine)
+        measured = f"{within}/{total}"
+        targets.append(Target(f"{name}, {label}", "every run", measured, within == total > 0))
+    return targets
+
+
+def goal_s(goal: str) -> float:
+    """The number of seconds in a target such as ``"<= 1.5 s"``."""
+    return float(goal.split()[1])
 
 
 def summarize(report: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
-    """Medians, maxima and the targets of issue 3."""
+    """Medians, maxima and the targets of issues 3 and 9."""
     summary: dict[str, Any] = {}
     targets: list[Target] = []
     dead = report.get("dead_network")
@@ -747,23 +1050,7 @@ def summarize(report: dict[str, Any], args: argparse.Namespace) -> dict[str, Any
         why = "not run" if dead is None else f"skipped: {dead['skipped']}"
         targets.append(Target("dead network, median", f"<= {DEAD_MEDIAN_TARGET} s", why, None))
     else:
-        runs = dead["runs"]
-        by_client: dict[str, Any] = {}
-        for client in ("raw", "resilient"):
-            mine = [r for r in runs if r["client"] == client]
-            detected = [r["detected"] for r in mine if r["detected"] is not None]
-            gave_up = [r["keepalive_gave_up"] for r in mine if r["keepalive_gave_up"] is not None]
-            back = [r["reconnected"] for r in mine if r["reconnected"] is not None]
-            by_client[client] = {
-                "runs": len(mine),
-                "detected": len(detected),
-                "median": _median(detected),
-                "max": _max(detected),
-                "verdicts": dict(Counter(str(r["verdict"]) for r in mine)),
-                "keepalive_gave_up_median": _median(gave_up),
-                "reconnected": len(back),
-                "reconnected_median": _median(back),
-            }
+        by_client = _dead_by_client(dead["runs"])
         summary["dead_network"] = by_client
         res = by_client["resilient"]
         ok = (
@@ -802,6 +1089,7 @@ def summarize(report: dict[str, Any], args: argparse.Namespace) -> dict[str, Any
         pings = busy["client_pings"]
         measured = f"{pings} in {busy['seconds']:.0f} s"
         targets.append(Target("probes while data flows", "0", measured, pings == 0))
+    targets += _summarize_issue9(report, summary)
     summary["targets"] = [asdict(t) for t in targets]
     summary["targets_met"] = all(t.ok is not False for t in targets)
     summary["targets_evaluated"] = all(t.ok is not None for t in targets)
@@ -930,7 +1218,9 @@ def print_report(report: dict[str, Any], summary: dict[str, Any], args: argparse
                 f" {row['beacons']:>7} {row['messages_streamed']:>13}"
             )
 
-    print("\nTargets (issue 3, default settings):")
+    _print_issue9(report, summary, args)
+
+    print("\nTargets (issues 3 and 9, default settings):")
     for t in summary["targets"]:
         state = "not evaluated" if t["ok"] is None else "ok" if t["ok"] else "MISSED"
         print(f"   {t['name']:36} target {t['target']:24} measured {t['measured']:28} {state}")
@@ -940,6 +1230,85 @@ def print_report(report: dict[str, Any], summary: dict[str, Any], args: argparse
         print("TARGETS MET")
     else:
         print("TARGETS MET where evaluated (see 'not evaluated')")
+
+
+def _print_issue9(
+    report: dict[str, Any], summary: dict[str, Any], args: argparse.Namespace
+) -> None:
+    serve = report.get("serve_dead")
+    print(
+        "\n4. Dead network on an idle link to resilient_ws.serve() (defaults: lag beacons every"
+        " 1 s, so the client never needs to probe): iptables DROP both directions"
+    )
+    if serve is None:
+        print("   not run")
+    elif "skipped" in serve:
+        print(f"   skipped: {serve['skipped']}")
+    else:
+        s = summary["serve_dead"]
+        print(
+            f"   resilient: {args.serve_runs} runs one after another; raw: {args.serve_raw_runs}"
+            f" in parallel; measured from just before the first rule went in"
+        )
+        print(f"   {'':44} {'raw':>8} {'resilient':>10}")
+        for label, key in (("time to disconnect, median (s)", "median"), ("max (s)", "max")):
+            print(f"   {label:44} {_fmt(s['raw'][key]):>8} {_fmt(s['resilient'][key]):>10}")
+        res = s["resilient"]
+        verdicts = ", ".join(f"{k} x{v}" for k, v in res["verdicts"].items())
+        print(f"   resilient verdicts: {verdicts}")
+        print(
+            f"   resilient stats.srtt known before the drop: {res['srtt_known']}/{res['runs']};"
+            f" pong timeout then: {', '.join(f'{t:g}' for t in res['timeouts']) or '-'} s"
+        )
+        for client in ("raw", "resilient"):
+            runs = [r for r in serve["runs"] if r["client"] == client]
+            times = _fmt_list([r["detected"] for r in runs if r["detected"] is not None], 2)
+            print(f"   per run, {client}: {times}")
+
+    failover = report.get("failover")
+    print(
+        f"\n5. Failover under traffic: urls=[primary, backup], plain servers that never answer,"
+        f" the client sending every {FAILOVER_SEND_EVERY * 1000:g} ms, DROP on the primary's"
+        f" port after {FAILOVER_IDLE[0]:g}-{FAILOVER_IDLE[1]:g} s"
+    )
+    if failover is None:
+        print("   not run")
+        return
+    if "skipped" in failover:
+        print(f"   skipped: {failover['skipped']}")
+        return
+    f = summary["failover"]
+    print(
+        "   resilient: a random drop; aimed: the primary SIGSTOPped (server_stalled), the drop"
+        " 0.1 s after the stall's re-probe, once an ACK of older data has followed it"
+    )
+    for key, b in f["resilient"].items():
+        runs = [
+            r
+            for r in failover["runs"]
+            if r["client"] == b["client"] and r["backend"] == b["backend"]
+        ]
+        print(
+            f"   {key}: on the backup within {FAILOVER_TARGET:g} s in"
+            f" {b['within_target']}/{b['runs']} runs (at all within {FAILOVER_BOUND:g} s:"
+            f" {b['on_backup']}); median {_fmt(b['median'])} s, max {_fmt(b['max'])} s;"
+            f" verdicts {b['verdicts']}; PeerStalled evidence {b['stalled_evidence'] or '-'}"
+        )
+        times = [r["on_backup"] for r in runs]
+        print(f"      per run, drop to Connected(backup), s: {_fmt_list(times, 2)}")
+        for r in runs:
+            if r["on_backup"] is None or r["on_backup"] > FAILOVER_TARGET:
+                print(f"      run {r['run']} trail: {'; '.join(r['trail'])}")
+    raw = f["raw"]
+    raw_runs = [r for r in failover["runs"] if r["client"] == "raw"]
+    if not raw_runs:
+        return
+    print(
+        f"   raw websockets (no failover of its own; the moment an application could fail"
+        f" over, when its keepalive closes): {raw['detected']}/{raw['runs']} closed within"
+        f" {DETECT_BOUND:g} s, median {_fmt(raw['median'])} s;"
+        f" per run: {_fmt_list([r['detected'] for r in raw_runs if r['detected'] is not None])}"
+    )
 
 
 def _stall_list(text: str) -> list[int]:
@@ -952,11 +1321,21 @@ def _stall_list(text: str) -> list[int]:
     return values
 
 
+SCENARIOS = ("dead", "stall", "traffic", "serve-dead", "failover")
+
+
 def _scenario_list(text: str) -> list[str]:
     names = [part.strip() for part in text.split(",") if part.strip()]
-    unknown = set(names) - {"dead", "stall", "traffic"}
+    unknown = set(names) - set(SCENARIOS)
     if unknown or not names:
-        raise argparse.ArgumentTypeError(f"scenarios are dead, stall, traffic; got {text!r}")
+        raise argparse.ArgumentTypeError(f"scenarios are {', '.join(SCENARIOS)}; got {text!r}")
+    return names
+
+
+def _backend_list(text: str) -> list[str]:
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    if not names or set(names) - {"asyncio", "trio"}:
+        raise argparse.ArgumentTypeError(f"backends are asyncio, trio; got {text!r}")
     return names
 
 
@@ -973,8 +1352,20 @@ def main() -> None:
     parser.add_argument("--busy-rate", type=float, default=50.0,
                         help="messages per second the server sends on the busy link")  # fmt: skip
     parser.add_argument("--server", choices=["plain", "resilient"], default="plain")
-    parser.add_argument("--scenarios", type=_scenario_list, default=["dead", "stall", "traffic"],
-                        help="comma-separated subset of dead,stall,traffic")  # fmt: skip
+    parser.add_argument("--scenarios", type=_scenario_list, default=list(SCENARIOS),
+                        help=f"comma-separated subset of {','.join(SCENARIOS)}")  # fmt: skip
+    parser.add_argument("--serve-runs", type=int, default=10,
+                        help="dead-network runs against serve() (>= 5)")  # fmt: skip
+    parser.add_argument("--serve-raw-runs", type=int, default=3,
+                        help="raw dead-network runs against serve(), in parallel")  # fmt: skip
+    parser.add_argument("--failover-runs", type=int, default=20,
+                        help="failover runs per backend")  # fmt: skip
+    parser.add_argument("--aimed-runs", type=int, default=10,
+                        help="failover runs per backend aimed at a stall verdict")  # fmt: skip
+    parser.add_argument("--failover-raw-runs", type=int, default=3,
+                        help="raw runs of the failover traffic, in parallel")  # fmt: skip
+    parser.add_argument("--backends", type=_backend_list, default=["asyncio", "trio"],
+                        help="anyio backends of the failover runs")  # fmt: skip
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     args = parser.parse_args()
     if args.serve is not None:
@@ -985,6 +1376,10 @@ def main() -> None:
     args.raw_runs = args.runs if args.raw_runs is None else args.raw_runs
     if args.raw_runs < 1 or args.stall_clients < 1 or args.busy_rate <= 0:
         parser.error("--raw-runs and --stall-clients must be >= 1, --busy-rate > 0")
+    if args.serve_runs < 5 or args.failover_runs < 1 or args.aimed_runs < 0:
+        parser.error("--serve-runs must be >= 5, --failover-runs >= 1, --aimed-runs >= 0")
+    if args.serve_raw_runs < 1 or args.failover_raw_runs < 0:
+        parser.error("--serve-raw-runs must be >= 1, --failover-raw-runs >= 0")
     args.load = os.getloadavg()[0]
 
     started = time.monotonic()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import pytest
 from hypothesis import given, settings
@@ -10,6 +12,7 @@ from hypothesis import strategies as st
 
 from resilient_ws._liveness import (
     Abort,
+    Diagnosis,
     Evidence,
     Liveness,
     Probe,
@@ -30,18 +33,25 @@ class Tcp:
     backoff: int = 0
     last_ack_recv: float = 0.0
     zero_window: bool = False
+    rtt: float = 0.0
+    rttvar: float = 0.0
 
 
 # What TCP_INFO showed on this machine (DESIGN.md): a SIGSTOPped or GIL-stalled server
 # ACKs our probe; an iptables DROP leaves it unacked and retransmitted.
 STALLED = Tcp(unacked=0, last_ack_recv=0.05)
 DROPPED = Tcp(unacked=1, retransmits=2, backoff=2, last_ack_recv=5.0)
+# An open link's TCP state between probes: the kernel's RTT of a LAN path.
+OPEN = Tcp(rtt=0.002, rttvar=0.001)
 
 
-def probed(now: float = 0.0) -> Liveness:
-    """A liveness whose idle link has just been probed at ``now``."""
+def probed(now: float = 0.0, tcp: Tcp | None = None, earlier_pong: float | None = None) -> Liveness:
+    """A liveness whose idle link has just been probed at ``now`` (TCP state ``tcp`` then),
+    after an earlier probe answered in ``earlier_pong`` seconds, if given."""
     liveness = Liveness(POLICY, now - POLICY.idle)
-    assert isinstance(liveness.poll(now, Evidence()), Probe)
+    if earlier_pong is not None:
+        liveness.rtt.sample(earlier_pong)
+    assert isinstance(liveness.poll(now, Evidence(tcp=tcp)), Probe)
     liveness.probe_sent(now)
     return liveness
 
@@ -79,17 +89,92 @@ def test_timeout_stays_within_floor_and_ceiling(samples: list[float]) -> None:
         assert 0.3 <= rtt.timeout(0.3, 10.0) <= 10.0
 
 
+def test_kernel_rtt_shows_at_once_but_shortens_the_wait_only_after_a_pong() -> None:
+    """The kernel's estimate may be of the hop to a proxy: until a pong has measured the
+    rest, the wait stays at RFC 6298's initial 1 s, or longer if the path is slower."""
+    liveness = Liveness(POLICY, 0.0)
+    assert liveness.rtt.srtt is None
+    assert liveness.timeout == 1.0  # RFC 6298's initial timeout, with nothing measured
+    liveness.poll(0.1, Evidence(tcp=OPEN))
+    assert (liveness.rtt.srtt, liveness.rtt.rttvar, liveness.rtt.source) == (0.002, 0.001, "kernel")
+    assert liveness.timeout == 1.0
+    liveness.poll(0.2, Evidence(tcp=Tcp(rtt=0.5, rttvar=0.2)))  # a slow path lifts it
+    assert liveness.timeout == pytest.approx(0.5 + 4 * 0.2)
+    liveness.poll(0.3, Evidence(tcp=OPEN))
+    assert isinstance(liveness.poll(1.0, Evidence(tcp=OPEN)), Probe)
+    liveness.probe_sent(1.0)
+    liveness.pong(1.003, sent_at=1.0)
+    assert liveness.timeout == POLICY.min_timeout  # a LAN, measured: the floor
+
+
+def test_pong_and_kernel_estimates_combine_as_the_larger_bound() -> None:
+    rtt = RttEstimator()
+    rtt.path(0.01, 0.005)
+    rtt.sample(0.2)  # the pong adds the peer's application latency to the path
+    assert (rtt.srtt, rtt.rttvar, rtt.source) == (0.2, 0.1, "pong")
+    assert rtt.timeout(0.0, 10.0) == pytest.approx(0.2 + 4 * 0.1)
+    rtt.path(1.0, 0.1)  # the path slowed down since the last pong
+    assert (rtt.srtt, rtt.source) == (1.0, "kernel")
+    assert rtt.timeout(0.0, 10.0) == pytest.approx(1.0 + 4 * 0.1)
+    rtt.path(0.0, 0.0)  # no sample: the kernel's last one stands
+    assert rtt.srtt == 1.0
+
+
+def test_kernel_rtt_is_ignored_while_the_kernel_retransmits() -> None:
+    liveness = Liveness(POLICY, 0.0)
+    liveness.poll(0.1, Evidence(tcp=OPEN))
+    liveness.poll(0.2, Evidence(tcp=Tcp(unacked=1, retransmits=1, rtt=0.5, rttvar=0.2)))
+    liveness.poll(0.3, Evidence(tcp=Tcp(unacked=1, backoff=1, rtt=0.5, rttvar=0.2)))
+    assert liveness.rtt.srtt == 0.002
+
+
 # ---- probing only when idle -------------------------------------------------------------
 
 
 def test_no_probe_while_frames_keep_arriving() -> None:
+    """A busy link is probed once, soon after it opens, to measure the peer's latency;
+    never again while frames arrive and the kernel keeps the path's RTT current."""
     liveness = Liveness(POLICY, 0.0)
-    for tick in range(1, 100):
+    probes = []
+    for tick in range(1, 1000):
         now = tick * 0.5
         liveness.inbound(now - 0.1)  # a data frame arrived just before
-        decision = liveness.poll(now, Evidence())
+        decision = liveness.poll(now, Evidence(tcp=OPEN))
+        if isinstance(decision, Probe):
+            probes.append(now)
+            liveness.probe_sent(now)
+            liveness.pong(now + 0.004, sent_at=now)
+            continue
         assert isinstance(decision, Wait)
-        assert decision.until == pytest.approx(now - 0.1 + POLICY.idle)
+        idle_due = now - 0.1 + POLICY.idle
+        calibration_due = POLICY.idle  # idle after the link opened at 0
+        expected = idle_due if probes else min(idle_due, calibration_due)
+        assert decision.until == pytest.approx(expected)
+    assert probes == [POLICY.idle]
+    assert liveness.rtt.has_pong
+    # The larger of the two bounds: the kernel's (2 ms + 4 x 1 ms) over the pong's (4 + 4 x 2).
+    assert liveness.rtt.srtt == pytest.approx(0.004)
+    assert liveness.rtt.source == "pong"
+
+
+def test_without_kernel_rtt_a_busy_link_gets_a_low_rate_probe() -> None:
+    """No TCP_INFO: one probe soon after the link opens, then one every 30 s, for an RTT."""
+    liveness = Liveness(POLICY, 0.0)
+    probes: list[float] = []
+    for tick in range(1000):
+        now = tick / 10
+        liveness.inbound(now)  # frames keep arriving, faster than Keepalive.idle
+        decision = liveness.poll(now, Evidence())
+        if isinstance(decision, Probe):
+            probes.append(now)
+            liveness.probe_sent(now)
+            if len(probes) == 1:
+                liveness.pong(now + 0.05, sent_at=now)
+    assert probes[0] == pytest.approx(POLICY.idle)
+    gaps = [later - earlier for earlier, later in itertools.pairwise(probes)]
+    assert len(gaps) >= 2
+    assert all(29.9 <= gap <= 30.2 for gap in gaps)
+    assert liveness.rtt.source == "pong"
 
 
 def test_probe_after_idle_period() -> None:
@@ -176,6 +261,88 @@ def test_network_dying_during_a_stall_is_still_noticed() -> None:
     assert decision.diagnosis.verdict is Verdict.NETWORK_DEAD
 
 
+def walk(liveness: Liveness, now: float, tcp_at: Callable[[float], Tcp], until: float) -> Trail:
+    """Poll ``liveness`` as the keepalive does (sleep to each Wait, send each Probe) from
+    ``now`` with the TCP state ``tcp_at(t)``, until an Abort or ``until``."""
+    trail = Trail()
+    for _ in range(1_000_000):  # bounded: every turn advances time or sends a probe
+        if now > until:
+            break
+        decision = liveness.poll(now, Evidence(tcp=tcp_at(now)))
+        trail.verdicts.append((now, liveness.diagnosis))
+        if isinstance(decision, Abort):
+            trail.abort = (now, decision.diagnosis)
+            break
+        if isinstance(decision, Probe):
+            liveness.probe_sent(now)
+            trail.probes.append(now)
+            now += 0.001
+        else:
+            now = max(now + 0.001, decision.until)
+    return trail
+
+
+@dataclass
+class Trail:
+    verdicts: list[tuple[float, Diagnosis]] = field(default_factory=list)
+    probes: list[float] = field(default_factory=list)
+    abort: tuple[float, Diagnosis] | None = None
+
+
+def rto_count(elapsed: float, rto: float = 0.2) -> int:
+    """Retransmission timeouts of a segment sent ``elapsed`` seconds ago: 1st after rto, then
+    doubling."""
+    count, wait = 0, rto
+    while elapsed >= wait and count < 15:
+        count += 1
+        wait += rto * 2**count
+    return count
+
+
+def test_stalled_verdict_flips_to_network_dead_when_newer_bytes_go_unacked() -> None:
+    """Issue 9, item 8: the client sends every 10 ms; the path dies 120 ms after a probe, just
+    after an ACK of older data came in. The first look says tcp_acked (nothing retransmitted
+    yet); the retransmissions that follow, with no ACK, must turn it into network_dead."""
+    liveness = probed(0.0, OPEN, earlier_pong=0.002)  # a LAN: the 0.3 s floor
+    assert liveness.timeout == POLICY.min_timeout
+    last_ack, dropped = 0.1, 0.12
+
+    def tcp_at(t: float) -> Tcp:
+        rtos = rto_count(t - dropped)
+        return Tcp(unacked=1, retransmits=rtos, backoff=rtos, last_ack_recv=t - last_ack)
+
+    trail = walk(liveness, liveness.timeout, tcp_at, until=POLICY.max_server_stall)
+    first = trail.verdicts[0][1]
+    assert (first.verdict, first.evidence) == (Verdict.SERVER_STALLED, "tcp_acked")
+    assert trail.abort is not None
+    at, diagnosis = trail.abort
+    assert (diagnosis.verdict, diagnosis.evidence) == (Verdict.NETWORK_DEAD, "retransmits")
+    # The first retransmission comes at 0.32; the verdict at the next recheck.
+    assert at - dropped <= 0.2 + liveness.timeout + 0.2 + 0.01
+
+
+def test_true_stall_under_client_traffic_stays_stalled_for_max_server_stall() -> None:
+    """A stopped server's kernel ACKs the client's stream (delayed ACKs: a segment is often
+    unacked) until its buffer fills, then closes its window: server_stalled throughout, and
+    the link is given up only at max_server_stall."""
+    liveness = probed(0.0)
+
+    def tcp_at(t: float) -> Tcp:
+        if t >= 30.0:  # receive buffer full: zero window, window probes backing off
+            return Tcp(unacked=0, backoff=min(15, int(t - 30)), last_ack_recv=0.1, zero_window=True)
+        phase = t % 0.04
+        return Tcp(unacked=int(phase > 0.02), last_ack_recv=phase)
+
+    trail = walk(liveness, liveness.timeout, tcp_at, until=2 * POLICY.max_server_stall)
+    verdicts = {diagnosis.verdict for _, diagnosis in trail.verdicts}
+    assert verdicts <= {Verdict.SERVER_STALLED, Verdict.HEALTHY}
+    assert trail.abort is not None
+    at, diagnosis = trail.abort
+    assert diagnosis.verdict is Verdict.SERVER_STALLED
+    assert POLICY.max_server_stall <= at <= POLICY.max_server_stall + liveness.timeout + 0.3
+    assert len(trail.probes) >= 10  # it kept looking for fresher evidence
+
+
 def test_own_loop_lag_blames_the_client_and_stretches_deadlines() -> None:
     liveness = probed(0.0)
     timeout = liveness.timeout
@@ -217,7 +384,19 @@ def test_without_tcp_evidence_waits_unknown_timeout_then_aborts() -> None:
         # A client that keeps sending has a segment awaiting its delayed ACK most of the
         # time: ACKs since the probe, and no retransmission, still say the kernel is alive.
         (Evidence(tcp=Tcp(unacked=1, last_ack_recv=0.02)), Verdict.SERVER_STALLED, "tcp_acked"),
-        (Evidence(tcp=Tcp(unacked=1, retransmits=1, last_ack_recv=0.02)), Verdict.UNKNOWN, "none"),
+        # A loss being repaired: retransmitted, but ACKs still come in.
+        (
+            Evidence(tcp=Tcp(unacked=1, retransmits=1, last_ack_recv=0.02)),
+            Verdict.PENDING,
+            "unacked",
+        ),
+        # An ACK came after the probe (it covered older data), then nothing for longer than
+        # the timeout while the newer bytes are retransmitted: the path died after it.
+        (
+            Evidence(tcp=Tcp(unacked=1, retransmits=1, backoff=1, last_ack_recv=0.5)),
+            Verdict.NETWORK_DEAD,
+            "retransmits",
+        ),
     ],
 )
 def test_diagnose(evidence: Evidence, verdict: Verdict, basis: str) -> None:
@@ -232,6 +411,8 @@ tcp_states = st.builds(
     backoff=st.integers(0, 15),
     last_ack_recv=st.floats(0, 1e4, allow_nan=False),
     zero_window=st.booleans(),
+    rtt=st.floats(0, 20, allow_nan=False),
+    rttvar=st.floats(0, 20, allow_nan=False),
 )
 
 
@@ -247,6 +428,27 @@ def test_never_network_dead_while_every_byte_is_acked(
     acked = Tcp(0, tcp.retransmits, tcp.backoff, tcp.last_ack_recv, tcp.zero_window)
     evidence = Evidence(own_lag=own_lag, tcp=acked, peer_lag=peer_lag)
     diagnosis = diagnose(evidence, since_probe, POLICY)
+    assert diagnosis.verdict is not Verdict.NETWORK_DEAD
+
+
+@given(
+    tcp=tcp_states,
+    since_probe=st.floats(0.3, 1e4, allow_nan=False),
+    timeout=st.floats(0.3, 10, allow_nan=False),
+)
+def test_never_network_dead_while_acks_are_fresh(
+    tcp: Tcp, since_probe: float, timeout: float
+) -> None:
+    """A live peer kernel (a stopped or GIL-bound server's too) keeps ACKing: while an ACK
+    came since the probe and within the timeout, the path is not judged dead."""
+    fresh = Tcp(
+        tcp.unacked,
+        tcp.retransmits,
+        tcp.backoff,
+        min(tcp.last_ack_recv, since_probe, timeout * 0.999),
+        tcp.zero_window,
+    )
+    diagnosis = diagnose(Evidence(tcp=fresh), since_probe, POLICY, timeout=timeout)
     assert diagnosis.verdict is not Verdict.NETWORK_DEAD
 
 

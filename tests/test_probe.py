@@ -41,6 +41,10 @@ async def test_probe_reports_rtt_tcp_state_and_server_lag(
     assert all(s["rtt"] is not None and 0 < s["rtt"] < 1 for s in samples)
     assert samples[-1]["server_lag"] is not None  # beacons: a resilient_ws server
     if sys.platform == "linux":
+        # Beacons every 20 ms keep the keepalive from probing: SRTT is the kernel's.
+        assert all(s["srtt"] is not None and 0 < s["srtt"] < 1 for s in samples)
+        assert all(s["srtt_source"] == "kernel" for s in samples)
+    if sys.platform == "linux":
         assert samples[-1]["tcp"]["unacked"] >= 0
 
 

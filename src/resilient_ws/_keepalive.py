@@ -2,6 +2,9 @@
 
 Part of the client's I/O layer: it sleeps, reads the clock and the socket's TCP state, and
 sends pings. Every decision comes from the pure :class:`~resilient_ws._liveness.Liveness`.
+The socket's TCP state is read once each time the task wakes anyway (about once per
+``Keepalive.idle`` on a busy link): its RTT keeps the estimate current on every link, and
+while a probe is overdue it is the evidence for the verdict.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ class _TcpView:
     backoff: int
     last_ack_recv: float
     zero_window: bool
+    rtt: float
+    rttvar: float
 
     @classmethod
     def of(cls, info: _tcpinfo.TcpInfo, retrans_at_probe: int) -> _TcpView:
@@ -43,7 +48,17 @@ class _TcpView:
         last_ack = info.last_ack_recv
         if last_ack is None:
             last_ack = 0.0 if info.unacked == 0 else float("inf")
-        return cls(info.unacked, retransmits, info.backoff or 0, last_ack, info.zero_window)
+        # An RTT is only the path's while the connection is open.
+        rtt = info.rtt if info.established else 0.0
+        return cls(
+            info.unacked,
+            retransmits,
+            info.backoff or 0,
+            last_ack,
+            info.zero_window,
+            rtt,
+            info.rttvar,
+        )
 
 
 class LinkKeepalive:
@@ -102,7 +117,7 @@ class LinkKeepalive:
             own_lag = max(own_lag, anyio.current_time() - decision.until)
 
     async def _probe(self, now: float, pongs: anyio.abc.TaskGroup) -> None:
-        info = self._tcp_info()
+        info = self.tcp_info()
         self._retrans_at_probe = info.total_retrans if info is not None else 0
         ticks = self._ticks_at_probe = 0 if self._monitor is None else self._monitor.ticks
         deadline = now + self.liveness.timeout
@@ -145,17 +160,22 @@ class LinkKeepalive:
             overdue = anyio.current_time() - monitor.last_tick - monitor.interval
         return max(sampled, overdue)
 
-    def _tcp_info(self) -> _tcpinfo.TcpInfo | None:
+    def tcp_info(self) -> _tcpinfo.TcpInfo | None:
+        """The kernel's view of the link's TCP connection now, where the platform gives one."""
         return None if self._socket is None else _tcpinfo.read(self._socket)
 
     def _evidence(self, own_lag: float) -> Evidence:
         if self.liveness.probing:
             own_lag = max(own_lag, self._own_lag_since(self._ticks_at_probe))
+        # One getsockopt per wake: the RTT for every poll, the verdict's evidence for an
+        # overdue probe.
+        info = self.tcp_info()
         tcp = None
-        if self.liveness.probing:
-            info = self._tcp_info()
-            if info is not None:
-                tcp = _TcpView.of(info, self._retrans_at_probe)
+        if info is not None:
+            # Retransmissions count from the probe; between probes, only the kernel's
+            # current state (an old loss must not keep its RTT out forever).
+            since = self._retrans_at_probe if self.liveness.probing else info.total_retrans
+            tcp = _TcpView.of(info, since)
         return Evidence(own_lag=own_lag, tcp=tcp, peer_lag=self.peer_lag)
 
     @property

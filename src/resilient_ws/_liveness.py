@@ -5,13 +5,19 @@ evidence the I/O layer measured, and answers with a decision. Nothing here sleep
 clock or touches a socket.
 
 - RTT estimation follows RFC 6298 section 2 (https://www.rfc-editor.org/rfc/rfc6298):
-  SRTT and RTTVAR from pong round trips, timeout = SRTT + 4 * RTTVAR, clamped.
+  SRTT and RTTVAR from pong round trips, timeout = SRTT + 4 * RTTVAR, clamped. Every link
+  has an estimate, idle or busy: the kernel's own SRTT of the path (``tcpi_rtt``), which
+  costs no traffic, and at least one pong (see :class:`RttEstimator`).
 - Probes go out only after ``Keepalive.idle`` seconds without an inbound frame: any frame is
-  proof of life.
+  proof of life. One more probe goes out ``idle`` seconds after a link opens, even while
+  frames arrive, to measure the peer's own latency once; where the kernel gives no RTT, one
+  every 30 s keeps measuring it.
 - Local health: each overdue pong blamed on the client's own loop raises a score that
   stretches later deadlines (timeout * (1 + score)), and each answered probe lowers it, as in
   Lifeguard's local health multiplier (https://arxiv.org/abs/1707.00788, section IV-A).
-- An overdue pong is diagnosed from evidence (:func:`diagnose`) instead of closing at once.
+- An overdue pong is diagnosed from evidence (:func:`diagnose`) instead of closing at once,
+  and diagnosed again on every poll while it stays overdue: the verdict follows the newest
+  evidence, so a link judged stalled whose newer bytes then go unacknowledged is dead.
 """
 
 from __future__ import annotations
@@ -47,6 +53,8 @@ _KERNEL_TICK = 0.010
 _MAX_HEALTH_SCORE = 8
 # How often an overdue probe is re-examined while the verdict waits for more evidence.
 _RECHECK = 0.2
+# Where the kernel gives no RTT: how often a busy link is probed anyway, for an RTT sample.
+_RTT_REFRESH = 30.0
 
 
 class Verdict(enum.Enum):
@@ -80,15 +88,24 @@ class TcpEvidence(Protocol):
     def last_ack_recv(self) -> float: ...
     @property
     def zero_window(self) -> bool: ...
+    @property
+    def rtt(self) -> float:
+        """The kernel's smoothed RTT of the path, seconds; 0 when it has no sample."""
+
+    @property
+    def rttvar(self) -> float:
+        """The kernel's RTT variation (mean deviation), seconds."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Evidence:
-    """What the I/O layer measured when a pong was overdue.
+    """What the I/O layer measured at a poll.
 
     Attributes:
         own_lag: The largest lag of our own event loop since the probe was sent, seconds.
-        tcp: The socket's TCP state, or ``None`` where the platform gives none.
+        tcp: The socket's TCP state, or ``None`` where the platform gives none. Read at
+            every poll: its RTT feeds the estimate; when a pong is overdue, the rest is
+            the evidence for the verdict.
         peer_lag: The loop lag the server last reported in a beacon, seconds, if any.
     """
 
@@ -106,37 +123,54 @@ class Diagnosis:
     evidence: str
 
 
-def diagnose(evidence: Evidence, since_probe: float, policy: Keepalive) -> Diagnosis:
+def diagnose(
+    evidence: Evidence, since_probe: float, policy: Keepalive, *, timeout: float | None = None
+) -> Diagnosis:
     """Judge an overdue probe.
+
+    TCP evidence is judged against the newest bytes, not only against the probe: an ACK
+    that came after the probe may cover older data only, and a path that dies right after
+    it leaves the probe and everything after it unacknowledged. So retransmitted bytes that
+    no ACK has answered for ``timeout`` seconds are a dead path, even after an earlier
+    verdict of ``server_stalled``.
 
     Args:
         evidence: What was measured.
         since_probe: Seconds since the probe was sent.
         policy: The keepalive policy (for ``client_lag``).
+        timeout: How long a pong was waited for (the current deadline); ACK silence this
+            long while bytes are retransmitted is a dead path. Defaults to
+            ``policy.min_timeout``.
 
     Returns:
-        The diagnosis. ``NETWORK_DEAD`` only when our bytes are unacknowledged and being
-        retransmitted with no ACK since the probe; never while every byte is ACKed.
+        The diagnosis. ``NETWORK_DEAD`` only when bytes are unacknowledged and being
+        retransmitted, with no ACK since the probe or for ``timeout`` seconds; never while
+        every byte is ACKed.
     """
     if evidence.own_lag >= policy.client_lag:
         return Diagnosis(Verdict.CLIENT_STALLED, "own_lag")
     tcp = evidence.tcp
     if tcp is not None:
+        if tcp.zero_window:
+            return Diagnosis(Verdict.SERVER_STALLED, "zero_window")
         # The kernel reports last_ack_recv in whole jiffies (1-10 ms): an ACK that came in
         # the probe's own tick can read as slightly older than the probe.
         acked_since_probe = tcp.last_ack_recv <= since_probe + _KERNEL_TICK
-        if tcp.zero_window:
-            return Diagnosis(Verdict.SERVER_STALLED, "zero_window")
-        quiet = tcp.retransmits == 0 and tcp.backoff == 0
-        if acked_since_probe and (tcp.unacked == 0 or quiet):
+        patience = policy.min_timeout if timeout is None else timeout
+        retransmitting = tcp.unacked > 0 and (tcp.retransmits > 0 or tcp.backoff > 0)
+        if retransmitting and (not acked_since_probe or tcp.last_ack_recv >= patience):
+            # A live peer kernel ACKs whatever reaches it, even while its process is
+            # stopped (DESIGN.md): retransmitted bytes that nothing answers are lost.
+            return Diagnosis(Verdict.NETWORK_DEAD, "retransmits")
+        if acked_since_probe and not retransmitting:
             # The peer's kernel took our probe (a segment sent a moment ago may still await
             # its delayed ACK); its application does not answer. Behind a TCP-terminating
-            # proxy this speaks for the proxy only; max_server_stall bounds it, and the
-            # keepalive re-probes, so a network that dies later is still caught.
+            # proxy this speaks for the proxy only; max_server_stall bounds it, and every
+            # poll re-diagnoses, so a network that dies later is still caught.
             return Diagnosis(Verdict.SERVER_STALLED, "tcp_acked")
-        if tcp.unacked > 0 and not acked_since_probe:
-            if tcp.retransmits > 0 or tcp.backoff > 0:
-                return Diagnosis(Verdict.NETWORK_DEAD, "retransmits")
+        if tcp.unacked > 0:
+            # Not yet retransmitted, or retransmitted with ACKs still arriving (a loss
+            # being repaired): too early to tell.
             return Diagnosis(Verdict.PENDING, "unacked")
     if evidence.peer_lag is not None and evidence.peer_lag >= policy.client_lag:
         return Diagnosis(Verdict.SERVER_STALLED, "peer_lag")
@@ -144,29 +178,93 @@ def diagnose(evidence: Evidence, since_probe: float, policy: Keepalive) -> Diagn
 
 
 class RttEstimator:
-    """SRTT and RTTVAR from round-trip samples, RFC 6298 section 2."""
+    """SRTT and RTTVAR of a link, from pong round trips and from the kernel's path estimate.
 
-    __slots__ = ("rttvar", "srtt")
+    Two sources, kept apart because they measure different things:
+
+    - Pong round trips (:meth:`sample`, RFC 6298 section 2): what a probe actually waits
+      for, the path plus the peer's application latency (its loop lag), and whatever lies
+      behind a TCP-terminating proxy.
+    - The kernel's own SRTT and RTTVAR of the TCP path (:meth:`path`, ``tcpi_rtt`` and
+      ``tcpi_rttvar``): free, on every link, idle or busy, and immune to both loops' lag,
+      but blind to the peer's application and to anything behind a proxy. It is already
+      smoothed by the kernel (with RFC 6298's gains), so it replaces the previous value
+      instead of being smoothed again.
+
+    A pong cannot come back faster than the path, so the wait for one is the larger of the
+    two RFC 6298 bounds: the kernel's lifts it when the path is or becomes slower than the
+    pongs said. It never shortens the wait on its own: before the first pong, the wait is at
+    least RFC 6298's initial 1 s (section 2.1), since the kernel's estimate may be of the
+    hop to a proxy only. :attr:`srtt` and :attr:`rttvar` are those of the larger bound.
+    """
+
+    __slots__ = ("_path", "_pong_rttvar", "_pong_srtt")
 
     def __init__(self) -> None:
-        self.srtt: float | None = None
-        self.rttvar: float | None = None
+        self._pong_srtt: float | None = None
+        self._pong_rttvar = 0.0
+        self._path: tuple[float, float] | None = None
+
+    @property
+    def srtt(self) -> float | None:
+        """The smoothed RTT of the larger bound, seconds; ``None`` before any sample."""
+        current = self._current()
+        return None if current is None else current[0]
+
+    @property
+    def rttvar(self) -> float | None:
+        """Its variation, seconds."""
+        current = self._current()
+        return None if current is None else current[1]
+
+    @property
+    def source(self) -> str | None:
+        """``"pong"`` or ``"kernel"``: which estimate :attr:`srtt` is, if any."""
+        current = self._current()
+        if current is None:
+            return None
+        return "kernel" if current is self._path else "pong"
+
+    @property
+    def has_pong(self) -> bool:
+        """Whether a pong has been sampled: the peer's own latency is measured."""
+        return self._pong_srtt is not None
+
+    def _pong(self) -> tuple[float, float] | None:
+        return None if self._pong_srtt is None else (self._pong_srtt, self._pong_rttvar)
+
+    def _current(self) -> tuple[float, float] | None:
+        pong, path = self._pong(), self._path
+        if pong is None or path is None:
+            return pong or path
+        return path if _bound(*path) > _bound(*pong) else pong
 
     def sample(self, rtt: float) -> None:
-        """Fold in one round-trip time, in seconds (negative values count as 0)."""
+        """Fold in one pong round-trip time, in seconds (negative values count as 0)."""
         rtt = max(0.0, rtt)
-        if self.srtt is None or self.rttvar is None:
-            self.srtt, self.rttvar = rtt, rtt / 2
+        if self._pong_srtt is None:
+            self._pong_srtt, self._pong_rttvar = rtt, rtt / 2
             return
-        self.rttvar = (1 - _BETA) * self.rttvar + _BETA * abs(self.srtt - rtt)
-        self.srtt = (1 - _ALPHA) * self.srtt + _ALPHA * rtt
+        self._pong_rttvar = (1 - _BETA) * self._pong_rttvar + _BETA * abs(self._pong_srtt - rtt)
+        self._pong_srtt = (1 - _ALPHA) * self._pong_srtt + _ALPHA * rtt
+
+    def path(self, srtt: float, rttvar: float) -> None:
+        """Take the kernel's current estimate of the path (seconds); ``srtt <= 0`` is none."""
+        if srtt > 0:
+            self._path = (srtt, max(0.0, rttvar))
 
     def timeout(self, floor: float, ceiling: float) -> float:
-        """``SRTT + K * RTTVAR`` (1 s before any sample, RFC 6298 section 2.1), clamped to
-        ``[floor, ceiling]``."""
-        if self.srtt is None or self.rttvar is None:
-            return min(ceiling, max(floor, _INITIAL_TIMEOUT))
-        return min(ceiling, max(floor, self.srtt + _K * self.rttvar))
+        """``SRTT + K * RTTVAR`` of the larger bound, at least 1 s before any pong (RFC 6298
+        section 2.1), clamped to ``[floor, ceiling]``."""
+        pong, path = self._pong(), self._path
+        bound = _INITIAL_TIMEOUT if pong is None else _bound(*pong)
+        if path is not None:
+            bound = max(bound, _bound(*path))
+        return min(ceiling, max(floor, bound))
+
+
+def _bound(srtt: float, rttvar: float) -> float:
+    return srtt + _K * rttvar
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,6 +301,10 @@ class Liveness:
         self._last_inbound = now
         self._probe_sent_at: float | None = None
         self._stalled_since: float | None = None
+        # When a probe is due for an RTT sample even on a busy link: one soon on a new
+        # link, to measure the peer's own latency; then, pushed back by every sample (the
+        # kernel's too), only where the kernel gives none.
+        self._rtt_wanted_at = now + policy.idle
         self.health_score = 0
         """Lifeguard's local health score: 0 (healthy) to 8."""
         self.diagnosis = _HEALTHY
@@ -239,23 +341,28 @@ class Liveness:
     def pong(self, now: float, sent_at: float) -> float | None:
         """The pong of a probe sent at ``sent_at`` arrived; see :meth:`inbound`."""
         self.rtt.sample(now - sent_at)
+        self._rtt_wanted_at = now + _RTT_REFRESH
         self.health_score = max(0, self.health_score - 1)
         return self.inbound(now)
 
     def probe_sent(self, now: float) -> None:
         """A probe went out at ``now``."""
         self._probe_sent_at = now
+        self._rtt_wanted_at = max(self._rtt_wanted_at, now + _RTT_REFRESH)
 
     def poll(self, now: float, evidence: Evidence) -> Decision:
         """What to do at ``now``, given the evidence measured since the probe."""
+        self._take_path_rtt(now, evidence.tcp)
         sent_at = self._probe_sent_at
         if sent_at is None:
-            due = self._last_inbound + self._policy.idle
+            due = min(self._last_inbound + self._policy.idle, self._rtt_wanted_at)
             return Probe() if now >= due else Wait(due, self.diagnosis)
         deadline = sent_at + self.timeout
         if now < deadline:
             return Wait(deadline, self.diagnosis)
-        diagnosis = self.diagnosis = diagnose(evidence, now - sent_at, self._policy)
+        diagnosis = self.diagnosis = diagnose(
+            evidence, now - sent_at, self._policy, timeout=self.timeout
+        )
         verdict = diagnosis.verdict
         if verdict is Verdict.CLIENT_STALLED:
             # Our loop could not read the pong in time. Blame ourselves, stretch future
@@ -271,7 +378,7 @@ class Liveness:
             if now - self._stalled_since >= self._policy.max_server_stall:
                 return Abort(diagnosis)
             # Keep probing: only fresh bytes let TCP tell a network that dies during the
-            # stall from the stall itself.
+            # stall from the stall itself; every recheck judges the newest evidence.
             reprobe = sent_at + max(self._policy.idle, self.timeout)
             if now >= reprobe:
                 return Probe()
@@ -280,3 +387,15 @@ class Liveness:
         if now >= limit:
             return Abort(diagnosis)
         return Wait(min(limit, now + _RECHECK), diagnosis)
+
+    def _take_path_rtt(self, now: float, tcp: TcpEvidence | None) -> None:
+        """Fold in the kernel's RTT of the path, unless a retransmission is under way.
+
+        Karn's rule in spirit: while the kernel retransmits, its estimate is from before the
+        loss and says nothing new (the kernel itself keeps retransmitted segments out of it).
+        """
+        if tcp is None or tcp.rtt <= 0 or tcp.retransmits > 0 or tcp.backoff > 0:
+            return
+        self.rtt.path(tcp.rtt, tcp.rttvar)
+        if self.rtt.has_pong:
+            self._rtt_wanted_at = max(self._rtt_wanted_at, now + _RTT_REFRESH)

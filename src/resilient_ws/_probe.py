@@ -3,7 +3,9 @@
 A :func:`~resilient_ws.connect` client that pings the link every ``--interval`` seconds
 and prints the ping's round trip, the keepalive's smoothed RTT and adaptive timeout, the
 server's loop lag (when it sends ``resilient_ws.serve()`` beacons), the socket's TCP state
-and the verdict; every disconnect prints its verdict and cause. Nothing is sent but pings,
+and the verdict; every disconnect prints its verdict and cause. SRTT is marked ``(pong)``
+or ``(kernel)``: before any keepalive pong (against ``serve()``, whose beacons keep an idle
+link from being probed) it is the kernel's estimate of the path. Nothing is sent but pings,
 and no replay session is opened. The library never prints; this module is an application.
 """
 
@@ -15,7 +17,7 @@ from typing import Any
 
 import anyio
 
-from . import _backend, _tcpinfo
+from . import _backend
 from .client import Connection, connect
 from .config import Backoff, Keepalive
 from .events import Connected, Disconnected, PeerRecovered, PeerStalled, Reconnecting
@@ -86,8 +88,10 @@ def _sample(ws: Connection, seq: int, rtt: float | None) -> dict[str, Any]:
         "reconnects": stats.reconnects,
     }
     keepalive = ws._supervisor.keepalive
-    sock = None if keepalive is None else keepalive._socket
-    info = None if sock is None or stats.state != "open" else _tcpinfo.read(sock)
+    # Which estimate SRTT is: the kernel's of the TCP path (before any pong, or while the
+    # path is slower than the last pongs) or the pongs' (path plus the server's latency).
+    sample["srtt_source"] = None if keepalive is None else keepalive.liveness.rtt.source
+    info = None if keepalive is None or stats.state != "open" else keepalive.tcp_info()
     sample["tcp"] = None if info is None else {
         "rtt": info.rtt,
         "rto": info.rto,
@@ -102,10 +106,15 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value * 1000:.2f} ms"
 
 
+def _source(source: str | None) -> str:
+    return "" if source is None else f" ({source})"
+
+
 def _line(sample: dict[str, Any]) -> str:
     line = (
         f"seq={sample['seq']} {sample['state']} rtt={_ms(sample['rtt'])}"
-        f" srtt={_ms(sample['srtt'])} rttvar={_ms(sample['rttvar'])}"
+        f" srtt={_ms(sample['srtt'])}{_source(sample['srtt_source'])}"
+        f" rttvar={_ms(sample['rttvar'])}"
         f" timeout={_ms(sample['timeout'])}"
         f" verdict={sample['verdict']} server_lag={_ms(sample['server_lag'])}"
     )

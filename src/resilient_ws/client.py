@@ -89,8 +89,10 @@ class ConnectionStats:
         queued_bytes: Their payload bytes.
         dropped: Messages dropped from the queue (``when_full="drop_oldest"``).
         last_error: Description of the last link error, if any.
-        srtt: Smoothed pong round-trip time of the current link, seconds (RFC 6298), or
-            ``None`` before the first pong or without ``keepalive``.
+        srtt: Smoothed round-trip time of the current link, seconds (RFC 6298): the
+            larger of the pongs' estimate and the kernel's estimate of the TCP path
+            (``tcpi_rtt``, known from the handshake on where the platform gives it), or
+            ``None`` before either or without ``keepalive``.
         rttvar: Its variation, seconds.
         timeout: The current wait for a pong, seconds, or ``None`` without ``keepalive``.
         verdict: The keepalive's current diagnosis of the link: ``"healthy"``,

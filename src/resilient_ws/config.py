@@ -120,9 +120,12 @@ class Keepalive:
     """When to probe an idle link, how long to wait for the answer, and what to forgive.
 
     Any inbound frame is proof of life: a probe (a ping) goes out only after ``idle``
-    seconds without one, so a busy link carries no probes. The wait for the pong adapts to
-    the measured round-trip time (RFC 6298: ``SRTT + 4 * RTTVAR``), clamped to
-    ``[min_timeout, max_timeout]``, and stretches while the client's own event loop lags.
+    seconds without one, so a busy link carries almost no probes: one ``idle`` seconds
+    after it opens, to measure the server's own latency once (and, where the kernel gives
+    no RTT of the path, one every 30 s). The wait for the pong adapts to the measured
+    round-trip time (RFC 6298: ``SRTT + 4 * RTTVAR``, from pongs and from the kernel's
+    ``tcpi_rtt``), clamped to ``[min_timeout, max_timeout]``, and stretches while the
+    client's own event loop lags.
     An overdue pong is diagnosed before anything is closed (see ``docs/liveness.md``).
 
     Attributes:
