@@ -31,7 +31,9 @@ async def handler(ws: Any) -> None:
 
 
 async def main(port: int) -> None:
-    async with resilient_ws.serve(handler, "127.0.0.1", port, stall_threshold=0.5):
+    # "no-watchdog": see test_frozen_server_keeps_its_clients.
+    threshold = None if "no-watchdog" in sys.argv[3:] else 0.5
+    async with resilient_ws.serve(handler, "127.0.0.1", port, stall_threshold=threshold):
         print("ready", flush=True)
         await anyio.sleep_forever()
 
