@@ -569,3 +569,26 @@ async def test_backoff_resets_only_after_a_stable_link(stable_after: float) -> N
         assert after.attempt == 2  # a fresh streak: the dropped link was failure 1
     else:
         assert after.attempt > failed[-1].attempt  # the streak goes on
+
+
+async def test_close_while_a_link_is_being_set_up_closes_cleanly() -> None:
+    """close() from another task while on_connect runs: the set-up's next steps (flush,
+    publish) may run before the supervisor sees its cancellation (the flush of an empty
+    queue has no checkpoint); publishing the link then must not be an illegal transition
+    (found by the flapping chaos test on trio: "link_up is not allowed in state closing")."""
+    closer: list[resilient_ws.Connection] = []
+
+    async with anyio.create_task_group() as tasks:
+
+        async def on_connect(link: resilient_ws.Link) -> None:
+            tasks.start_soon(closer[0].close)
+            with anyio.CancelScope(shield=True):  # close() runs meanwhile
+                await anyio.sleep(0.1)
+
+        with ThreadServer() as server:
+            connection = resilient_ws.connect(server.url, on_connect=on_connect)
+            closer.append(connection)
+            with anyio.fail_after(TIMEOUT), pytest.raises(resilient_ws.ConnectionClosedOK):
+                async with connection:
+                    pytest.fail("closed before it opened")
+    assert connection.state is State.CLOSED

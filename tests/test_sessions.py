@@ -37,7 +37,9 @@ def test_resume_with_the_right_token() -> None:
 def test_wrong_token_never_yields_the_session() -> None:
     store: MemorySessionStore[str] = MemorySessionStore()
     record = store.open("secret state", now=0.0)
-    wrong = store.resume(record.id, record.token[:-1] + "x", now=1.0, source=SOURCE)
+    # One character off (never the same: a token may end in "x" already).
+    forged = record.token[:-1] + ("y" if record.token.endswith("x") else "x")
+    wrong = store.resume(record.id, forged, now=1.0, source=SOURCE)
     assert wrong == Unknown("bad_token")
     unknown = store.resume("no-such-session", record.token, now=1.0, source=SOURCE)
     assert unknown == Unknown("unknown")

@@ -732,6 +732,12 @@ class Connection(MessageIterator):
         self._changed.notify()
 
     async def _publish(self, raw: RawLink, number: int) -> None:
+        if self._machine.state is State.CLOSING:
+            # close() came while the link was being set up: it cancelled the supervisor,
+            # which may not have reached a checkpoint since (flushing an empty queue has
+            # none). The link is not published; the cancellation ends it.
+            await anyio.lowlevel.checkpoint()
+            return
         # The caller flushed the queue without an await since: nothing can have been
         # queued in between, so a direct send now keeps order.
         self._machine.apply(Input.LINK_UP)

@@ -588,7 +588,8 @@ def serve(
             the client is away); ``None`` turns it off: every link is a plain session.
         sessions: Where replay sessions are kept; default: a
             :class:`~resilient_ws.MemorySessionStore` (10 000 sessions, 60 s TTL after a
-            client goes away, 10 resumes per session per minute).
+            client goes away, 100 failed resumes per source address per 10 s; a right token is
+            never throttled).
         compression: ``None`` (default) or ``"deflate"``.
         **websockets_options: Passed to websockets' ``serve`` (``process_request``,
             ``process_response``, ``max_size``...).
