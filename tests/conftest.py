@@ -5,6 +5,7 @@ from collections.abc import Generator, Iterator
 
 import pytest
 import structlog
+from _firewall import Firewall, no_iptables
 
 # In CI (.ci/run sets this) a skipped test is a failure: every test must run there.
 IN_CI = bool(os.environ.get("RESILIENT_WS_CI"))
@@ -16,6 +17,16 @@ LONG = bool(os.environ.get("RESILIENT_WS_LONG"))
 def anyio_backend(request: pytest.FixtureRequest) -> str:
     """Every I/O test runs on both anyio backends."""
     return str(request.param)
+
+
+@pytest.fixture
+def firewall() -> Firewall:
+    """iptables DROP rules on loopback ports (tests/_firewall.py); skips where there are
+    none (a failure in CI, see below)."""
+    reason = no_iptables()
+    if reason is not None:
+        pytest.skip(reason)
+    return Firewall()
 
 
 @pytest.fixture(autouse=True)

@@ -24,7 +24,7 @@ from typing import TypeVar
 
 import anyio
 import pytest
-from _firewall import Firewall, no_iptables
+from _firewall import Firewall
 from _proxy import DelayProxy
 from _servers import ProcessServer
 
@@ -88,14 +88,6 @@ class StallServer(ProcessServer):
     def resume(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self._signal(signal.SIGCONT)
-
-
-@pytest.fixture
-def firewall() -> Firewall:
-    reason = no_iptables()
-    if reason is not None:
-        pytest.skip(reason)
-    return Firewall()
 
 
 @pytest.fixture

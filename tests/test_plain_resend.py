@@ -13,7 +13,7 @@ from typing import Any
 
 import anyio
 import pytest
-from _firewall import Firewall, no_iptables
+from _firewall import Firewall
 from _helpers import TIMEOUT
 from _servers import ThreadServer
 from websockets.asyncio.server import ServerConnection
@@ -199,14 +199,6 @@ class NumberingServer(ThreadServer):
 
     def ended(self, link: int) -> bool:
         return (link, None) in list(self.arrivals)
-
-
-@pytest.fixture
-def firewall() -> Firewall:
-    reason = no_iptables()
-    if reason is not None:
-        pytest.skip(reason)
-    return Firewall()
 
 
 async def wait_for(predicate: Any) -> bool:
