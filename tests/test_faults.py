@@ -370,9 +370,9 @@ async def test_path_dying_under_traffic_after_a_stall_verdict_fails_over(
 async def test_idle_link_to_serve_has_an_rtt_and_notices_a_dead_network(
     firewall: Firewall, record: Record
 ) -> None:
-    """Issue 9, item 6, defaults on both sides: serve()'s beacons keep the link from ever
-    being probed, yet the client has an RTT estimate (the kernel's) and the adaptive timeout
-    rests on it, so a dead network is judged without the 1 s initial timeout."""
+    """Issue 9, item 6, defaults on both sides: the idle link has an RTT estimate and the
+    adaptive timeout rests on it; once quiet (issue 10) its dead path is dropped by the
+    kernel's keepalive and judged network_dead."""
 
     async def echo_session(session: resilient_ws.ServerSession) -> None:
         async for message in session:
@@ -383,7 +383,7 @@ async def test_idle_link_to_serve_has_an_rtt_and_notices_a_dead_network(
         async with resilient_ws.connect(url) as ws:
             events = ws.events()
             await echo(ws, "before")
-            await anyio.sleep(2 * Keepalive().idle)  # idle, beacons only
+            await anyio.sleep(2 * Keepalive().idle)  # idle: one probe, then quiet
             stats = ws.stats
             assert stats.srtt is not None
             assert 0 < stats.srtt < 0.2

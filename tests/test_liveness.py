@@ -486,3 +486,64 @@ def test_deadlines_never_below_the_floor(steps: list[tuple[float, str, float, Tc
                 assert now - probe_at >= POLICY.min_timeout
                 return
         assert liveness.timeout >= POLICY.min_timeout
+
+
+# ---- quiet links: the kernel watches, Python probes only after traffic ------------------
+
+
+def answered_probe(quiet: float | None, *, data_at: float = 0.0) -> Liveness:
+    """A link opened at 0, a message at ``data_at``, its first probe sent at 1 and
+    answered at 1.001."""
+    liveness = Liveness(POLICY, 0.0, quiet=quiet)
+    assert isinstance(liveness.poll(1.0, Evidence(tcp=OPEN, last_data=data_at)), Probe)
+    liveness.probe_sent(1.0)
+    liveness.pong(1.001, 1.0)
+    return liveness
+
+
+def test_a_quiet_link_the_kernel_watches_is_probed_every_quiet_interval() -> None:
+    liveness = answered_probe(quiet=15.0)
+    decision = liveness.poll(2.001, Evidence(tcp=OPEN, last_data=0.0))
+    assert decision == Wait(1.001 + 15.0, liveness.diagnosis)
+    assert liveness.parked
+    assert isinstance(liveness.poll(16.001, Evidence(tcp=OPEN, last_data=0.0)), Probe)
+
+
+def test_without_the_kernel_an_idle_link_is_probed_every_idle_period() -> None:
+    liveness = answered_probe(quiet=None)
+    assert isinstance(liveness.poll(2.001, Evidence(tcp=OPEN, last_data=0.0)), Probe)
+    assert not liveness.parked
+
+
+@pytest.mark.parametrize(
+    ("evidence", "why"),
+    [
+        (Evidence(tcp=OPEN, last_data=1.5), "a message after the probe went out"),
+        (Evidence(tcp=Tcp(unacked=1), last_data=0.0), "bytes of ours unacknowledged"),
+    ],
+)
+def test_traffic_or_unacked_bytes_bring_back_the_idle_probe(evidence: Evidence, why: str) -> None:
+    liveness = answered_probe(quiet=15.0)
+    assert isinstance(liveness.poll(2.5, evidence), Probe), why
+    assert not liveness.parked
+
+
+def test_frames_that_answer_a_probe_during_traffic_do_not_make_the_link_quiet() -> None:
+    """Messages that arrive after a probe was sent resolve it, but they are traffic: the
+    link is probed again after idle, not parked (the probe after a dead network's last
+    frames must go out)."""
+    liveness = Liveness(POLICY, 0.0, quiet=15.0)
+    assert isinstance(liveness.poll(1.0, Evidence(tcp=OPEN)), Probe)
+    liveness.probe_sent(1.0)
+    liveness.inbound(1.4)  # a message, last_data 1.4, answers the probe
+    decision = liveness.poll(1.5, Evidence(tcp=OPEN, last_data=1.4))
+    assert decision == Wait(2.4, liveness.diagnosis)
+    assert not liveness.parked
+    assert isinstance(liveness.poll(2.4, Evidence(tcp=OPEN, last_data=1.4)), Probe)
+
+
+def test_a_server_never_probes_a_quiet_link() -> None:
+    liveness = answered_probe(quiet=float("inf"))
+    decision = liveness.poll(1000.0, Evidence(tcp=OPEN, last_data=0.0))
+    assert isinstance(decision, Wait)
+    assert decision.until == float("inf")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import email.utils
+import errno
 import functools
 import math
 import socket
@@ -29,6 +30,7 @@ from websockets.exceptions import (
     InvalidURI,
 )
 from websockets.frames import Opcode
+from websockets.protocol import State
 from websockets.uri import parse_uri
 
 from . import _tcpinfo
@@ -64,10 +66,13 @@ __all__ = [
     "resume_reading",
     "ping",
     "pong",
+    "pong_nowait",
+    "timed_out",
     "translate",
     "wait_link_closed",
 ]
 
+_OPEN = State.OPEN
 # RFC 6455 section 7.4.1: 1006 is reserved for "closed without a close frame".
 ABNORMAL_CLOSURE = 1006
 # Longest wait for websockets to finish closing a link we are leaving.
@@ -136,6 +141,13 @@ class _Recording:
     """
 
     last_inbound = 0.0
+    # When the last message frame arrived or was sent, and what to call at the next one
+    # (a keepalive that parked a quiet link; called once, then cleared).
+    last_data = -math.inf
+    waker: Callable[[], None] | None = None
+    # Called with the link after each ping is processed (and answered): serve() answers
+    # probes with a lag beacon.
+    on_ping: Callable[[Any], None] | None = None
     last_beacon: Beacon | None = None
     control: ControlHandler | None = None
     bytes_written = 0
@@ -187,11 +199,28 @@ class _Recording:
             self.end_transmitted = None if unsent is None else written - unsent - buffered
 
     def process_event(self, event: Any) -> None:
-        self.last_inbound = self._now()
+        now = self.last_inbound = self._now()
         # Handshake events (Request, Response) come through here too: they have no opcode.
-        if getattr(event, "opcode", None) is Opcode.PONG and event.data.startswith(BEACON_PREFIX):
-            self._control(bytes(event.data))
+        opcode = getattr(event, "opcode", None)
+        if opcode is Opcode.PONG:
+            if event.data.startswith(BEACON_PREFIX):
+                self._control(bytes(event.data))
+        elif opcode in _DATA_OPCODES:
+            self._data(now)
         super().process_event(event)  # type: ignore[misc]
+        if opcode is Opcode.PING and self.on_ping is not None:
+            self.on_ping(self)
+
+    async def send(self, message: Any, *, text: bool | None = None) -> None:
+        self._data(self._now())
+        await super().send(message, text=text)  # type: ignore[misc]
+
+    def _data(self, now: float) -> None:
+        self.last_data = now
+        waker = self.waker
+        if waker is not None:
+            self.waker = None
+            waker()
 
     def _control(self, data: bytes) -> None:
         try:
@@ -207,6 +236,9 @@ class _Recording:
             self.last_beacon = beacon
         if self.control is not None:
             self.control.on_control(fields)
+
+
+_DATA_OPCODES = frozenset((Opcode.TEXT, Opcode.BINARY, Opcode.CONT))
 
 
 class _AsyncioEnd:
@@ -401,6 +433,28 @@ async def pong(raw: RawLink, data: bytes) -> None:
         ConnectionClosed: The link is closed.
     """
     await getattr(raw, "pong")(data)  # noqa: B009 - not part of RawLink's protocol
+
+
+def pong_nowait(raw: Any, data: bytes) -> None:
+    """Send an unsolicited pong now, without waiting: into the transport's buffer, as
+    websockets answers pings itself. asyncio only (trio's writes wait for the socket: use
+    :func:`pong` in a task). Nothing is sent on a link that is not open."""
+    if raw.protocol.state is _OPEN:
+        raw.protocol.send_pong(data)
+        raw.send_data()
+
+
+def timed_out(raw: Any) -> bool:
+    """Whether the link ended because its kernel gave up on the path (``ETIMEDOUT``: a
+    keepalive probe or a retransmission went unanswered)."""
+    seen: BaseException | None = getattr(raw, "connection_exc", None)
+    for _ in range(4):  # the OSError, or trio's BrokenResourceError caused by it
+        if seen is None:
+            return False
+        if isinstance(seen, OSError) and seen.errno == errno.ETIMEDOUT:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def abort_link(raw: RawLink) -> None:

@@ -10,9 +10,11 @@ while a probe is overdue it is the evidence for the verdict.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass
+from typing import Any
 
 import anyio
 
@@ -73,6 +75,7 @@ class LinkKeepalive:
         connection_id: str,
         emit: Callable[[Event], None],
         monitor: LoopLagMonitor | None = None,
+        quiet: float | None = None,
     ) -> None:
         self._raw = raw
         self._monitor = monitor
@@ -82,9 +85,20 @@ class LinkKeepalive:
         self._connection_id = connection_id
         self._emit = emit
         self._socket = _tcpinfo.raw_socket(raw)
-        self.liveness = Liveness(policy, anyio.current_time())
+        self.kernel = (
+            policy.kernel
+            and self._socket is not None
+            and _tcpinfo.keep_alive(self._socket, policy.idle)
+        )
+        """The kernel's TCP keepalive watches the link's path (see :class:`Keepalive`)."""
+        if quiet is None:
+            quiet = policy.quiet_interval
+        self.liveness = Liveness(
+            policy, anyio.current_time(), quiet=quiet if self.kernel else None
+        )
         self._retrans_at_probe = 0
         self._announced_stall = False
+        self._sleep: anyio.CancelScope | None = None
 
     async def run(self) -> Diagnosis:
         """Watch the link; abort it and return the diagnosis when liveness gives up."""
@@ -112,9 +126,30 @@ class LinkKeepalive:
                 own_lag = 0.0
                 continue
             self._maybe_announce_stall(decision.diagnosis)
-            await anyio.sleep_until(decision.until)
+            if liveness.parked:
+                # Traffic ends the wait early: a message either way can need a probe.
+                if await self._sleep_until_traffic(decision.until):
+                    continue
+            else:
+                await anyio.sleep_until(decision.until)
             # Waking late means our own loop was blocked: evidence against ourselves.
             own_lag = max(own_lag, anyio.current_time() - decision.until)
+
+    async def _sleep_until_traffic(self, until: float) -> bool:
+        """Sleep until ``until`` or the next message on the link; whether a message came."""
+        raw: Any = self._raw
+        with anyio.CancelScope(deadline=until) as self._sleep:
+            raw.waker = self._wake
+            try:
+                await anyio.sleep_forever()
+            finally:
+                raw.waker = None
+        self._sleep = None
+        return anyio.current_time() < until
+
+    def _wake(self) -> None:
+        if self._sleep is not None:
+            self._sleep.cancel()
 
     async def _probe(self, now: float, pongs: anyio.abc.TaskGroup) -> None:
         info = self.tcp_info()
@@ -176,7 +211,8 @@ class LinkKeepalive:
             # current state (an old loss must not keep its RTT out forever).
             since = self._retrans_at_probe if self.liveness.probing else info.total_retrans
             tcp = _TcpView.of(info, since)
-        return Evidence(own_lag=own_lag, tcp=tcp, peer_lag=self.peer_lag)
+        last_data: float = getattr(self._raw, "last_data", -math.inf)
+        return Evidence(own_lag=own_lag, tcp=tcp, peer_lag=self.peer_lag, last_data=last_data)
 
     @property
     def peer_lag(self) -> float | None:

@@ -23,6 +23,7 @@ clock or touches a socket.
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -107,17 +108,21 @@ class Evidence:
             every poll: its RTT feeds the estimate; when a pong is overdue, the rest is
             the evidence for the verdict.
         peer_lag: The loop lag the server last reported in a beacon, seconds, if any.
+        last_data: When the last message frame was received or sent (either way), on the
+            clock of ``now``: traffic that makes a quiet link worth probing again.
     """
 
     own_lag: float = 0.0
     tcp: TcpEvidence | None = None
     peer_lag: float | None = None
+    last_data: float = -math.inf
 
 
 @dataclass(frozen=True, slots=True)
 class Diagnosis:
     """A verdict and the evidence it rests on (``"own_lag"``, ``"tcp_acked"``,
-    ``"zero_window"``, ``"retransmits"``, ``"peer_lag"``, ``"unacked"``, ``"none"``)."""
+    ``"zero_window"``, ``"retransmits"``, ``"peer_lag"``, ``"unacked"``, ``"none"``; and
+    ``"kernel_timeout"`` when the kernel itself dropped the link)."""
 
     verdict: Verdict
     evidence: str
@@ -293,12 +298,26 @@ _HEALTHY = Diagnosis(Verdict.HEALTHY, "none")
 
 
 class Liveness:
-    """The keepalive state of one link."""
+    """The keepalive state of one link.
 
-    def __init__(self, policy: Keepalive, now: float) -> None:
+    Args:
+        policy: The keepalive policy.
+        now: When the link opened.
+        quiet: Where the kernel watches the path (TCP keepalive), seconds between probes
+            on a quiet link, one that carried no message since its last answered probe
+            (``math.inf``: none); ``None`` where it does not: every idle link is probed.
+    """
+
+    def __init__(self, policy: Keepalive, now: float, *, quiet: float | None = None) -> None:
         self._policy = policy
+        self._quiet = quiet
         self.rtt = RttEstimator()
         self._last_inbound = now
+        # The last probe the peer answered: when it was sent, and when the answer came.
+        self._answered: tuple[float, float] | None = None
+        self.parked = False
+        """The last poll found the link quiet: only traffic, or ``quiet`` seconds, make
+        it due for a probe (the I/O layer wakes on traffic)."""
         self._probe_sent_at: float | None = None
         self._stalled_since: float | None = None
         # When a probe is due for an RTT sample even on a busy link: one soon on a new
@@ -333,6 +352,8 @@ class Liveness:
             How long the peer had been judged stalled, if it was; else ``None``.
         """
         self._last_inbound = max(self._last_inbound, now)
+        if self._probe_sent_at is not None:
+            self._answered = (self._probe_sent_at, now)
         self._probe_sent_at = None
         self.diagnosis = _HEALTHY
         stalled_since, self._stalled_since = self._stalled_since, None
@@ -354,8 +375,16 @@ class Liveness:
         """What to do at ``now``, given the evidence measured since the probe."""
         self._take_path_rtt(now, evidence.tcp)
         sent_at = self._probe_sent_at
+        self.parked = False
         if sent_at is None:
             due = min(self._last_inbound + self._policy.idle, self._rtt_wanted_at)
+            if self._quiet is not None and self._is_quiet(evidence):
+                # No message either way since the last answered probe went out, and nothing
+                # of ours unacknowledged: the kernel's keepalive watches the path, and only
+                # a probe now and then checks the peer's application.
+                assert self._answered is not None
+                self.parked = True
+                due = max(due, self._answered[1] + self._quiet)
             return Probe() if now >= due else Wait(due, self.diagnosis)
         deadline = sent_at + self.timeout
         if now < deadline:
@@ -387,6 +416,12 @@ class Liveness:
         if now >= limit:
             return Abort(diagnosis)
         return Wait(min(limit, now + _RECHECK), diagnosis)
+
+    def _is_quiet(self, evidence: Evidence) -> bool:
+        if self._answered is None or evidence.last_data > self._answered[0]:
+            return False
+        # The kernel probes only while nothing we sent is unacknowledged.
+        return evidence.tcp is None or evidence.tcp.unacked == 0
 
     def _take_path_rtt(self, now: float, tcp: TcpEvidence | None) -> None:
         """Fold in the kernel's RTT of the path, unless a retransmission is under way.

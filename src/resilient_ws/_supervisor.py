@@ -315,6 +315,8 @@ class Supervisor:
                 return
             if not scope.cancelled_caught:
                 self._session._link_lost()
+                if self._abandoned is None and _backend.timed_out(raw):
+                    self._kernel_gave_up()
                 raise _backend.link_closed_error(raw)
             # On a backup for failback_after seconds: move back if the primary answers.
             if await self._primary_answers():
@@ -336,6 +338,19 @@ class Supervisor:
             monitor=self.monitor,
         )
         self._abandoned = await keepalive.run()
+
+    def _kernel_gave_up(self) -> None:
+        """The kernel dropped the link (``ETIMEDOUT``): its keepalive probe, or a
+        retransmission, went unanswered. A stalled peer's kernel would have answered."""
+        diagnosis = self._abandoned = Diagnosis(Verdict.NETWORK_DEAD, "kernel_timeout")
+        log(
+            "link_abandoned",
+            logging.WARNING,
+            connection_id=self._session.connection_id,
+            url=redact_url(self.url),
+            verdict=diagnosis.verdict.value,
+            evidence=diagnosis.evidence,
+        )
 
     async def _primary_answers(self) -> bool:
         try:

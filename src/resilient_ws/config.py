@@ -128,6 +128,13 @@ class Keepalive:
     client's own event loop lags.
     An overdue pong is diagnosed before anything is closed (see ``docs/liveness.md``).
 
+    Where the platform allows (Linux, macOS), the kernel watches idle links for free: TCP
+    keepalive on the socket probes after ``idle`` seconds (whole seconds, at least 1) without
+    anything received and drops the link when a probe is unanswered for 1 s, without waking
+    Python. Application probes then go out only where they add evidence: after traffic
+    (a peer's application can stall while its kernel answers) and every ``quiet_interval``
+    seconds on a link that stays quiet.
+
     Attributes:
         idle: Seconds without an inbound frame before a probe is sent.
         min_timeout: Floor of the wait for a pong, in seconds.
@@ -139,6 +146,10 @@ class Keepalive:
             before the link is abandoned, in seconds.
         client_lag: Lag of the client's own event loop, in seconds, above which an overdue
             pong is blamed on the client, not the peer.
+        kernel: Let the kernel watch idle links (TCP keepalive) where the platform allows;
+            ``False`` probes every idle link from Python, every ``idle`` seconds.
+        quiet_interval: Seconds between application probes on a link the kernel watches
+            that has carried no message since its last answered probe.
     """
 
     idle: float = 1.0
@@ -147,6 +158,8 @@ class Keepalive:
     max_server_stall: float = 150.0
     unknown_timeout: float = 20.0
     client_lag: float = 0.2
+    kernel: bool = True
+    quiet_interval: float = 15.0
 
     def __post_init__(self) -> None:
         _require(self.idle > 0, "idle must be > 0")
@@ -155,6 +168,7 @@ class Keepalive:
         _require(self.max_server_stall >= 0, "max_server_stall must be >= 0")
         _require(self.unknown_timeout >= self.min_timeout, "unknown_timeout must be >= min_timeout")
         _require(self.client_lag > 0, "client_lag must be > 0")
+        _require(self.quiet_interval > 0, "quiet_interval must be > 0")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

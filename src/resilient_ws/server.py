@@ -32,6 +32,7 @@ import sys
 import traceback
 import weakref
 from collections.abc import Awaitable, Callable
+from contextlib import suppress
 from types import TracebackType
 from typing import Any
 
@@ -119,6 +120,8 @@ class Server:
         self._tasks: anyio.abc.TaskGroup
         # One cancel scope per link being served (websockets runs _handle for each).
         self._serving: set[anyio.CancelScope] = set()
+        # The links being served, for lag beacons.
+        self._links: set[Any] = set()
 
     async def __aenter__(self) -> Server:
         self._tasks = anyio.create_task_group()
@@ -187,6 +190,8 @@ class Server:
                 tasks.start_soon(self._expire_sessions)
             if self.watchdog is not None:
                 tasks.start_soon(self.watchdog.run)
+            if self._beacon_interval is not None:
+                tasks.start_soon(self._broadcast_beacons, self._beacon_interval)
             task_status.started()
 
     async def _start(self) -> Any:
@@ -327,6 +332,7 @@ class Server:
         """
         scope = anyio.CancelScope()
         self._serving.add(scope)
+        self._links.add(connection)
         try:
             with scope:
                 await self._serve_link(connection)
@@ -338,6 +344,7 @@ class Server:
                 await _backend.close_link(connection, 1011, "internal error")
         finally:
             self._serving.discard(scope)
+            self._links.discard(connection)
             # However the link ended, let websockets' trio connection read to its end:
             # with its read paused on a full buffer it would never close.
             _backend.resume_reading(connection)
@@ -435,7 +442,7 @@ class Server:
 
     def _watch_link(self, connection: Any, tasks: anyio.abc.TaskGroup) -> None:
         if self._beacon_interval is not None:
-            tasks.start_soon(self._send_beacons, connection, self._beacon_interval)
+            connection.on_ping = self._answer_probe
         if self._keepalive is not None:
             keepalive = LinkKeepalive(
                 connection,
@@ -444,22 +451,61 @@ class Server:
                 connection_id=secrets.token_hex(4),
                 emit=lambda event: None,
                 monitor=self.monitor,
+                # Its clients probe the links they use; the kernel watches idle ones.
+                quiet=math.inf,
             )
             tasks.start_soon(keepalive.run)
 
-    async def _send_beacons(self, connection: Any, interval: float) -> None:
+    def _beacon(self) -> bytes:
+        last = None if self.watchdog is None else self.watchdog.last_stall
+        beacon = Beacon(
+            lag=self.monitor.current,
+            max_lag=self.monitor.max,
+            stall=0.0 if last is None else last.duration,
+        )
+        return encode_beacon(beacon)
+
+    def _answer_probe(self, connection: Any) -> None:
+        """A client's probe is answered (websockets sent the pong): add a beacon, so that
+        the client learns the server's lag with every probe."""
+        self._send_beacon(connection, self._beacon())
+
+    def _send_beacon(self, connection: Any, data: bytes) -> None:
+        if _backend.is_trio():
+            self._tasks.start_soon(_pong_quietly, connection, data)
+        else:
+            _backend.pong_nowait(connection, data)
+
+    async def _broadcast_beacons(self, interval: float) -> None:
+        """Send every link a beacon when the loop's lag changed band or after a stall,
+        at most once per ``interval``; each probe of a client is also answered with one."""
+        sent_band = _lag_band(self.monitor.current)
+        sent_stall = None if self.watchdog is None else self.watchdog.last_stall
         while True:
             await anyio.sleep(interval)
-            last = None if self.watchdog is None else self.watchdog.last_stall
-            beacon = Beacon(
-                lag=self.monitor.current,
-                max_lag=self.monitor.max,
-                stall=0.0 if last is None else last.duration,
-            )
-            try:
-                await connection.pong(encode_beacon(beacon))
-            except _backend.ConnectionClosed:
-                return
+            band = _lag_band(self.monitor.current)
+            stall = None if self.watchdog is None else self.watchdog.last_stall
+            if band == sent_band and stall is sent_stall:
+                continue
+            sent_band, sent_stall = band, stall
+            data = self._beacon()
+            for connection in list(self._links):
+                self._send_beacon(connection, data)
+
+
+# Loop lag below which a server reports no lag band: the lag that would make a client blame
+# the server is Keepalive.client_lag, 0.2 s by default.
+_QUIET_LAG = 0.1
+
+
+def _lag_band(lag: float) -> int:
+    """0 below ``_QUIET_LAG``, then one more per doubling: beacons go out when it changes."""
+    return 0 if lag < _QUIET_LAG else 1 + int(math.log2(lag / _QUIET_LAG))
+
+
+async def _pong_quietly(connection: Any, data: bytes) -> None:
+    with suppress(_backend.ConnectionClosed):
+        await _backend.pong(connection, data)
 
 
 def _select_subprotocol(theirs: Any, their_select: Any) -> Callable[[Any, Any], Any]:

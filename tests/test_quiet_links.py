@@ -1,0 +1,164 @@
+"""Idle links cost no Python work: the kernel's TCP keepalive watches them (issue 10).
+
+On defaults, on both backends: a quiet link gets one application probe (to measure the
+peer once) and then only one per ``Keepalive.quiet_interval``; a message either way brings
+the probe after ``idle`` back; a dead path under a quiet link is dropped by the kernel and
+judged ``network_dead``; ``serve()`` sends lag beacons only when its lag changes and in
+answer to a probe, not every second.
+"""
+
+from __future__ import annotations
+
+import anyio
+import anyio.abc
+import pytest
+from _firewall import Firewall
+from _servers import ThreadServer
+from structlog.testing import capture_logs
+from websockets.asyncio.server import ServerConnection
+from websockets.frames import Opcode
+
+import resilient_ws
+from resilient_ws import Disconnected, Keepalive, PeerStalled
+from resilient_ws._protocol import BEACON_PREFIX
+
+pytestmark = pytest.mark.anyio
+
+TIMEOUT = 10.0
+# Longer than Keepalive().idle plus a pong's wait, far shorter than quiet_interval (15 s).
+WINDOW = 3.0
+
+
+class PingCounting(ServerConnection):
+    """A websockets server connection that counts the pings it receives."""
+
+    pings = 0
+
+    def process_event(self, event: object) -> None:
+        if getattr(event, "opcode", None) is Opcode.PING:
+            type(self).pings += 1
+        super().process_event(event)  # type: ignore[arg-type]
+
+
+def ping_counting() -> type[PingCounting]:
+    return type("Counting", (PingCounting,), {"pings": 0})
+
+
+async def wait_for_pings(counter: type[PingCounting], count: int) -> None:
+    with anyio.fail_after(TIMEOUT):
+        while counter.pings < count:  # noqa: ASYNC110 - the server thread has no event
+            await anyio.sleep(0.02)
+
+
+async def ignore(ws: ServerConnection) -> None:
+    async for _ in ws:
+        pass
+
+
+async def test_a_quiet_link_gets_one_probe_then_the_kernel_watches_it() -> None:
+    counter = ping_counting()
+    with ThreadServer(create_connection=counter, ping_interval=None) as server:
+        async with resilient_ws.connect(server.url) as ws:
+            await ws.send("hello")
+            assert await ws.recv() == "hello"
+            await wait_for_pings(counter, 1)  # measures the server's latency once
+            await anyio.sleep(WINDOW)
+            assert counter.pings == 1
+            assert ws.stats.state == "open"
+
+
+async def test_without_the_kernel_every_idle_period_is_probed() -> None:
+    """The contrast: Keepalive(kernel=False) probes from Python every idle second."""
+    counter = ping_counting()
+    with ThreadServer(create_connection=counter, ping_interval=None) as server:
+        async with resilient_ws.connect(server.url, keepalive=Keepalive(kernel=False)):
+            await wait_for_pings(counter, 1)
+            await anyio.sleep(WINDOW)
+            assert counter.pings >= 3
+
+
+async def test_a_message_on_a_quiet_link_brings_back_the_probe() -> None:
+    """After a message, a peer that stays silent is probed again after ``idle``: its
+    application may have stalled while its kernel answers the kernel's keepalive."""
+    counter = ping_counting()
+    with ThreadServer(ignore, create_connection=counter, ping_interval=None) as server:
+        async with resilient_ws.connect(server.url) as ws:
+            await wait_for_pings(counter, 1)
+            await anyio.sleep(Keepalive().idle + 0.5)  # answered and quiet: parked
+            assert counter.pings == 1
+            await ws.send("unanswered")
+            await wait_for_pings(counter, 2)
+
+
+@pytest.mark.root
+async def test_a_dead_path_under_a_quiet_link_is_dropped_by_the_kernel(
+    firewall: Firewall,
+) -> None:
+    counter = ping_counting()
+    with ThreadServer(create_connection=counter, ping_interval=None) as server:
+        async with resilient_ws.connect(server.url) as ws:
+            events = ws.events()
+            await wait_for_pings(counter, 1)
+            await anyio.sleep(Keepalive().idle + 0.5)  # parked: no Python probe due
+            with capture_logs() as logs, firewall.drop(server.port):
+                with anyio.fail_after(TIMEOUT):
+                    async for event in events:
+                        assert not isinstance(event, PeerStalled)
+                        if isinstance(event, Disconnected):
+                            break
+            assert event.verdict == "network_dead"
+            assert counter.pings == 1  # no application probe was involved
+            abandoned = [log for log in logs if log["event"] == "resilient_ws.link_abandoned"]
+            assert [log["evidence"] for log in abandoned] == ["kernel_timeout"]
+
+
+HANDSHAKE = (
+    b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+)
+PING = bytes([0x89, 0x80 | 4]) + b"\x00\x00\x00\x00" + b"abcd"  # masked with zeros
+
+
+async def receive_for(stream: anyio.abc.ByteStream, seconds: float) -> bytes:
+    received = b""
+    with anyio.move_on_after(seconds):
+        while True:
+            received += await stream.receive()
+    return received
+
+
+def opcodes(data: bytes) -> list[int]:
+    """The opcodes of a server's frames (unmasked, payloads under 126 bytes)."""
+    found = []
+    while data:
+        found.append(data[0] & 0x0F)
+        data = data[2 + data[1] :]
+    return found
+
+
+async def test_serve_beacons_answer_probes_not_the_clock() -> None:
+    async def echo(session: resilient_ws.ServerSession) -> None:
+        async for message in session:
+            await session.send(message)
+
+    async with resilient_ws.serve(echo, "127.0.0.1", 0, stall_threshold=None) as server:
+        stream = await anyio.connect_tcp("127.0.0.1", server.port)
+        async with stream:
+            await stream.send(HANDSHAKE)
+            with anyio.fail_after(TIMEOUT):
+                response = b""
+                while b"\r\n\r\n" not in response:
+                    response += await stream.receive()
+            assert response.startswith(b"HTTP/1.1 101")
+            # Idle, with a lag that does not change: no beacon (a pong). The server's own
+            # probes (pings, which this client leaves unanswered) are all that come.
+            idle = response.partition(b"\r\n\r\n")[2] + await receive_for(stream, WINDOW)
+            assert set(opcodes(idle)) == {Opcode.PING.value}
+            await stream.send(PING)
+            answer = b""
+            with anyio.fail_after(TIMEOUT):
+                while BEACON_PREFIX not in answer:
+                    answer += await stream.receive()
+            # websockets' pong first, then the beacon, both pongs (opcode 0xA).
+            assert answer.startswith(bytes([0x8A, 4]) + b"abcd")
+            assert answer[6] == 0x8A
