@@ -9,6 +9,9 @@ answer to a probe, not every second.
 
 from __future__ import annotations
 
+import asyncio
+import threading
+
 import anyio
 import anyio.abc
 import pytest
@@ -162,3 +165,40 @@ async def test_serve_beacons_answer_probes_not_the_clock() -> None:
             # websockets' pong first, then the beacon, both pongs (opcode 0xA).
             assert answer.startswith(bytes([0x8A, 4]) + b"abcd")
             assert answer[6] == 0x8A
+
+
+async def test_serve_under_plain_asyncio_run_answers_probes_with_beacons() -> None:
+    """serve() in a program started with asyncio.run (no anyio, so no library marker in
+    the context of protocol callbacks): the beacon that answers a probe is sent from
+    websockets' protocol callback, outside any task."""
+    ready = threading.Event()
+    stop: list[asyncio.Future[None]] = []
+    port: list[int] = []
+
+    async def echo(session: resilient_ws.ServerSession) -> None:
+        async for message in session:
+            await session.send(message)
+
+    async def main() -> None:
+        stop.append(asyncio.get_running_loop().create_future())
+        async with resilient_ws.serve(echo, "127.0.0.1", 0, stall_threshold=None) as server:
+            port.append(server.port)
+            ready.set()
+            await stop[0]
+
+    thread = threading.Thread(target=asyncio.run, args=(main(),), daemon=True)
+    thread.start()
+    try:
+        assert await anyio.to_thread.run_sync(ready.wait, TIMEOUT)
+        async with resilient_ws.connect(f"ws://127.0.0.1:{port[0]}/") as ws:
+            with anyio.fail_after(TIMEOUT):
+                while ws.stats.peer_lag is None:  # noqa: ASYNC110 - no event marks a beacon
+                    await anyio.sleep(0.02)
+            await ws.send("still there")
+            assert await ws.recv() == "still there"
+            assert ws.stats.links == 1
+    finally:
+        loop = stop[0].get_loop()
+        loop.call_soon_threadsafe(stop[0].set_result, None)
+        await anyio.to_thread.run_sync(thread.join, TIMEOUT)
+    assert not thread.is_alive()

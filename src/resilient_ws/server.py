@@ -120,10 +120,14 @@ class Server:
         self._tasks: anyio.abc.TaskGroup
         # One cancel scope per link being served (websockets runs _handle for each).
         self._serving: set[anyio.CancelScope] = set()
+        self._trio = False
         # The links being served, for lag beacons.
         self._links: set[Any] = set()
 
     async def __aenter__(self) -> Server:
+        # Known now: protocol callbacks on asyncio run outside any task, where sniffio
+        # cannot tell the library.
+        self._trio = _backend.is_trio()
         self._tasks = anyio.create_task_group()
         await self._tasks.__aenter__()
         try:
@@ -471,7 +475,7 @@ class Server:
         self._send_beacon(connection, self._beacon())
 
     def _send_beacon(self, connection: Any, data: bytes) -> None:
-        if _backend.is_trio():
+        if self._trio:
             self._tasks.start_soon(_pong_quietly, connection, data)
         else:
             _backend.pong_nowait(connection, data)
