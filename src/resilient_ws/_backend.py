@@ -66,6 +66,7 @@ __all__ = [
     "resume_reading",
     "ping",
     "pong",
+    "send_ping",
     "pong_nowait",
     "timed_out",
     "translate",
@@ -148,6 +149,9 @@ class _Recording:
     # Called with the link after each ping is processed (and answered): serve() answers
     # probes with a lag beacon.
     on_ping: Callable[[Any], None] | None = None
+    # Called with the payload and arrival time of each pong that is not a control
+    # message: the keepalive matches its probes' pongs.
+    on_pong: Callable[[bytes, float], None] | None = None
     last_beacon: Beacon | None = None
     control: ControlHandler | None = None
     bytes_written = 0
@@ -205,6 +209,8 @@ class _Recording:
         if opcode is Opcode.PONG:
             if event.data.startswith(BEACON_PREFIX):
                 self._control(bytes(event.data))
+            elif self.on_pong is not None:
+                self.on_pong(bytes(event.data), now)
         elif opcode in _DATA_OPCODES:
             self._data(now)
         super().process_event(event)  # type: ignore[misc]
@@ -424,6 +430,18 @@ async def ping(raw: RawLink) -> Callable[[], Awaitable[object]]:
     # trio answers with an Event, asyncio with a Future.
     wait: Callable[[], Awaitable[object]] = getattr(waiter, "wait", None) or (lambda: waiter)
     return wait
+
+
+async def send_ping(raw: RawLink, data: bytes) -> None:
+    """Send a ping carrying ``data``, without websockets' wait for its pong (the caller
+    watches pongs through the connection's ``on_pong``).
+
+    Raises:
+        ConnectionClosed: The link is closed.
+    """
+    connection: Any = raw
+    async with connection.send_context():
+        connection.protocol.send_ping(data)
 
 
 async def pong(raw: RawLink, data: bytes) -> None:

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import logging
 import math
+import struct
 from collections.abc import Callable
-from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,6 +63,21 @@ class _TcpView:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class _Probe:
+    """An outstanding probe: a ping whose payload identifies its pong."""
+
+    data: bytes
+    sent_at: float
+    deadline: float
+    during_stall: bool
+    ticks: int
+
+
+# A probe's payload: its number. Four bytes cannot be mistaken for a beacon ("rws1 ...").
+_PROBE = struct.Struct("!I")
+
+
 class LinkKeepalive:
     """Keeps one link under watch until it aborts it or is cancelled."""
 
@@ -98,22 +113,32 @@ class LinkKeepalive:
         )
         self._retrans_at_probe = 0
         self._announced_stall = False
-        self._sleep: anyio.CancelScope | None = None
+        self._sleeping: anyio.CancelScope | None = None
+        self._probes = 0
+        # The outstanding probe, and when its pong arrived (set by the pong's callback).
+        self._outstanding: _Probe | None = None
+        self._pong_at: float | None = None
 
     async def run(self) -> Diagnosis:
         """Watch the link; abort it and return the diagnosis when liveness gives up."""
-        async with anyio.create_task_group() as pongs:
-            diagnosis = await self._watch(pongs)
-            pongs.cancel_scope.cancel()
+        raw: Any = self._raw
+        raw.on_pong = self._on_pong
+        try:
+            diagnosis = await self._watch()
+        finally:
+            raw.on_pong = None
         self._gave_up(diagnosis)
         _backend.abort_link(self._raw)
         return diagnosis
 
-    async def _watch(self, pongs: anyio.abc.TaskGroup) -> Diagnosis:
+    async def _watch(self) -> Diagnosis:
         liveness = self.liveness
         seen = self._raw.last_inbound
         own_lag = 0.0
         while True:
+            if self._pong_at is not None:
+                self._took_pong(self._pong_at)
+                self._pong_at = None
             if self._raw.last_inbound > seen:
                 seen = self._raw.last_inbound
                 self._proof_of_life(liveness.inbound(seen))
@@ -122,65 +147,73 @@ class LinkKeepalive:
             if isinstance(decision, Abort):
                 return decision.diagnosis
             if isinstance(decision, Probe):
-                await self._probe(now, pongs)
+                await self._probe(now)
                 own_lag = 0.0
                 continue
             self._maybe_announce_stall(decision.diagnosis)
-            if liveness.parked:
-                # Traffic ends the wait early: a message either way can need a probe.
-                if await self._sleep_until_traffic(decision.until):
-                    continue
-            else:
-                await anyio.sleep_until(decision.until)
+            # The pong, or on a quiet link any message, ends the wait early.
+            if await self._sleep(decision.until, traffic=liveness.parked):
+                continue
             # Waking late means our own loop was blocked: evidence against ourselves.
             own_lag = max(own_lag, anyio.current_time() - decision.until)
 
-    async def _sleep_until_traffic(self, until: float) -> bool:
-        """Sleep until ``until`` or the next message on the link; whether a message came."""
+    async def _sleep(self, until: float, *, traffic: bool) -> bool:
+        """Sleep until ``until``, the pong of the outstanding probe, or (with ``traffic``)
+        the next message on the link; whether it was woken early."""
         raw: Any = self._raw
-        with anyio.CancelScope(deadline=until) as self._sleep:
-            raw.waker = self._wake
+        with anyio.CancelScope(deadline=until) as self._sleeping:
+            if traffic:
+                raw.waker = self._wake
             try:
                 await anyio.sleep_forever()
             finally:
                 raw.waker = None
-        self._sleep = None
+        self._sleeping = None
         return anyio.current_time() < until
 
     def _wake(self) -> None:
-        if self._sleep is not None:
-            self._sleep.cancel()
+        if self._sleeping is not None:
+            self._sleeping.cancel()
 
-    async def _probe(self, now: float, pongs: anyio.abc.TaskGroup) -> None:
+    def _on_pong(self, data: bytes, at: float) -> None:
+        """websockets' connection saw a pong (a protocol callback: no task, no anyio)."""
+        if self._outstanding is not None and data == self._outstanding.data:
+            self._pong_at = at
+            self._wake()
+
+    async def _probe(self, now: float) -> None:
         info = self.tcp_info()
         self._retrans_at_probe = info.total_retrans if info is not None else 0
-        ticks = self._ticks_at_probe = 0 if self._monitor is None else self._monitor.ticks
-        deadline = now + self.liveness.timeout
+        self._ticks_at_probe = 0 if self._monitor is None else self._monitor.ticks
+        self._probes += 1
         # A probe sent while the peer is stalled measures what is left of the stall.
-        during_stall = self._announced_stall
+        probe = self._outstanding = _Probe(
+            data=_PROBE.pack(self._probes),
+            sent_at=now,
+            deadline=now + self.liveness.timeout,
+            during_stall=self._announced_stall,
+            ticks=self._ticks_at_probe,
+        )
         self.liveness.probe_sent(now)
         try:
-            wait_pong = await _backend.ping(self._raw)
+            await _backend.send_ping(self._raw, probe.data)
         except _backend.ConnectionClosed:
             return  # the supervisor sees the link end
 
-        async def pong() -> None:
-            with suppress(_backend.ConnectionClosed):
-                await wait_pong()
-                answered = anyio.current_time()
-                # A pong after its deadline, one sent during a peer stall, or one that
-                # waited while our own loop lagged, measured a stall, not the path (as
-                # Karn's algorithm ignores ambiguous samples): keep it out of SRTT.
-                if (
-                    answered <= deadline
-                    and not during_stall
-                    and self._own_lag_since(ticks) < self._policy.client_lag
-                ):
-                    self._proof_of_life(self.liveness.pong(answered, now))
-                else:
-                    self._proof_of_life(self.liveness.inbound(answered))
-
-        pongs.start_soon(pong)
+    def _took_pong(self, answered: float) -> None:
+        probe, self._outstanding = self._outstanding, None
+        assert probe is not None
+        # A pong after its deadline, one sent during a peer stall, or one that waited while
+        # our own loop lagged, measured a stall, not the path (as Karn's algorithm ignores
+        # ambiguous samples): keep it out of SRTT.
+        if (
+            answered <= probe.deadline
+            and not probe.during_stall
+            and self._own_lag_since(probe.ticks) < self._policy.client_lag
+        ):
+            self._proof_of_life(self.liveness.pong(answered, probe.sent_at))
+        else:
+            self._proof_of_life(self.liveness.inbound(answered))
 
     def _own_lag_since(self, ticks: int) -> float:
         """The largest lag of our own loop since the monitor's tick count was ``ticks``."""

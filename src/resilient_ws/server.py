@@ -68,6 +68,8 @@ __all__ = ["Server", "ServerSession", "serve"]
 Handler = Callable[[ServerSession], Awaitable[None]]
 # How often detached sessions are checked for expiry, at most (seconds).
 _EXPIRY_INTERVAL = 1.0
+# Listen backlog on asyncio (the kernel caps it at net.core.somaxconn, 4096 by default).
+_BACKLOG = 4096
 # Retry-After for a server at its session limit (seconds).
 _FULL_RETRY_AFTER = 5
 # How long closing the server lets handlers finish once their links are closed, before it
@@ -103,8 +105,8 @@ class Server:
             MemorySessionStore() if sessions is None else sessions
         )
         # Links whose resume or new session was granted in process_response, until their
-        # handler runs: (session, resumed).
-        self._granted: weakref.WeakKeyDictionary[Any, tuple[ServerSession, bool]] = (
+        # handler runs: (session, resumed, when).
+        self._granted: weakref.WeakKeyDictionary[Any, tuple[ServerSession, bool, float]] = (
             weakref.WeakKeyDictionary()
         )
         self._open_timeout = float(options.get("open_timeout") or 10.0)
@@ -220,6 +222,11 @@ class Server:
             return await self._tasks.start(self._serve_shielded, serving)
         from websockets.asyncio.server import serve as asyncio_serve
 
+        if "sock" not in options:
+            # asyncio listens with a backlog of 100: ten thousand devices reconnecting at once
+            # after a blip would overflow it, and each dropped SYN waits 1 s, then 3, 7...
+            # trio already asks for the largest the system allows.
+            options.setdefault("backlog", _BACKLOG)
         return await asyncio_serve(self._handle, self._host, self._port, **options)
 
     # ---- admission (during the opening handshake) ------------------------------------------
@@ -277,8 +284,7 @@ class Server:
             session.id, token = record.id, record.token
         assert session.id is not None
         assert token is not None
-        self._granted[connection] = (session, resumed)
-        self._tasks.start_soon(self._unless_served, connection, session)
+        self._granted[connection] = (session, resumed, now)
         grant = Grant(
             session=session.id,
             token=token,
@@ -304,13 +310,13 @@ class Server:
             log("session_taken_over", logging.WARNING, session_id=session.id)
             self._tasks.start_soon(_backend.close_link, old, TAKEN_OVER, "session taken over")
 
-    async def _unless_served(self, connection: Any, session: ServerSession) -> None:
+    def _drop_stale_grants(self, now: float) -> None:
         """A granted link whose handshake never completed must not hold the session."""
-        await anyio.sleep(self._open_timeout)
-        if self._granted.pop(connection, None) is None:
-            return
-        session.abandon_grant(connection)
-        self._detach_if_away(session)
+        for connection, (session, _, granted_at) in list(self._granted.items()):
+            if now - granted_at >= self._open_timeout:
+                del self._granted[connection]
+                session.abandon_grant(connection)
+                self._detach_if_away(session)
 
     def _detach_if_away(self, session: ServerSession) -> None:
         """Start the session's TTL if no link serves it (nor is about to)."""
@@ -321,7 +327,9 @@ class Server:
     async def _expire_sessions(self) -> None:
         while True:
             await anyio.sleep(_EXPIRY_INTERVAL)
-            for record in self.sessions.expire(anyio.current_time()):
+            now = anyio.current_time()
+            self._drop_stale_grants(now)
+            for record in self.sessions.expire(now):
                 record.state.expired()
                 log("session_expired", session_id=record.id)
 
@@ -360,7 +368,7 @@ class Server:
             await session.attach(connection, None)
             await self._serve_plain(connection, session)
             return
-        session, resumed = granted
+        session, resumed, _ = granted
         try:
             replay = await session.attach(connection, connection if resumed else None)
         except LinkClosed as exc:
