@@ -210,11 +210,11 @@ async def wait_for(predicate: Any) -> bool:
     return bool(predicate())
 
 
-def orphans(local_port: int) -> str:
-    """Sockets the kernel still keeps for our end of a link (``ss``, any state)."""
-    result = subprocess.run(
-        ["ss", "-tanH", f"( sport = :{local_port} )"], capture_output=True, text=True, timeout=10
-    )
+def orphans(local_port: int, server_port: int) -> str:
+    """Sockets the kernel still keeps for our end of a link (``ss``, any state). Both
+    ports: another process may take the local port the moment the kernel frees it."""
+    query = f"( sport = :{local_port} and dport = :{server_port} )"
+    result = subprocess.run(["ss", "-tanH", query], capture_output=True, text=True, timeout=10)
     return result.stdout.strip()
 
 
@@ -238,12 +238,12 @@ async def test_abort_resets_the_link_and_discards_what_the_kernel_buffered(
             with firewall.drop(server.port):
                 for index in range(10):
                     await first.send(f"1:stranded-{index}")
-                assert "ESTAB" in orphans(local_port)
+                assert "ESTAB" in orphans(local_port, server.port)
                 _backend.abort_link(first)
                 with anyio.fail_after(TIMEOUT):
                     await _backend.wait_link_closed(first)
                 # The kernel let go of the socket: nothing is left to retransmit.
-                assert orphans(local_port) == ""
+                assert orphans(local_port, server.port) == ""
         async with _backend.open_link(server.url, options) as second:
             for index in range(3):
                 await second.send(f"2:{index}")

@@ -134,12 +134,7 @@ def check_url(url: str) -> str:
 class _Recording:
     """Mixed into websockets' connection classes: notes when each frame arrives (any
     inbound frame is proof of life), keeps the last lag beacon from the peer, and hands
-    control messages to :attr:`control` on replay links.
-
-    It also counts the bytes written on the link (:attr:`bytes_written`) and samples the
-    kernel's TCP state just before the socket closes (:attr:`end_info`): together they
-    tell which messages of a plain link the server's TCP never acknowledged.
-    """
+    control messages to :attr:`control` on replay links."""
 
     last_inbound = 0.0
     # When the last message frame arrived or was sent, and what to call at the next one
@@ -154,53 +149,9 @@ class _Recording:
     on_pong: Callable[[bytes, float], None] | None = None
     last_beacon: Beacon | None = None
     control: ControlHandler | None = None
-    bytes_written = 0
-    # The last TCP_INFO sample before the socket closed; bytes_written at that moment,
-    # and the offset up to which the kernel had transmitted them (None: unknown).
-    end_info: _tcpinfo.TcpInfo | None = None
-    end_written = 0
-    end_transmitted: int | None = None
-    # Whether abort_link found nothing unsent or unacknowledged anywhere, user space
-    # included (None: it did not look, or could not tell).
-    end_drained: bool | None = None
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        # Both websockets connections write exactly what data_to_send() returns, and
-        # nothing else: counting there makes each frame's end offset exact, handshake
-        # included, at the cost of one call per write (not a syscall).
-        protocol: Any = getattr(self, "protocol")  # noqa: B009 - set by websockets
-        take = protocol.data_to_send
-
-        def data_to_send() -> list[bytes]:
-            writes: list[bytes] = take()
-            for data in writes:  # usually one
-                self.bytes_written += len(data)
-            return writes
-
-        protocol.data_to_send = data_to_send
 
     def _now(self) -> float:
         raise NotImplementedError
-
-    def capture_end(self) -> None:
-        """Sample the kernel's view of the socket; call it just before the socket closes.
-
-        ``tcpi_bytes_acked`` only grows, so the last successful sample is the best one;
-        once the socket is closed, sampling fails and keeps the previous one.
-        """
-        sock = _tcpinfo.raw_socket(self)
-        info = None if sock is None else _tcpinfo.read(sock)
-        if info is not None:
-            self.end_info = info
-            self.end_written = written = self.bytes_written
-            # Past this offset, bytes never left the kernel or user space: the server
-            # cannot have them. (asyncio's buffer is already empty after an abort: then
-            # this overestimates, which only counts more messages as possible duplicates.)
-            unsent = info.notsent_bytes
-            transport: Any = getattr(self, "transport", None)
-            buffered = 0 if transport is None else transport.get_write_buffer_size()
-            self.end_transmitted = None if unsent is None else written - unsent - buffered
 
     def process_event(self, event: Any) -> None:
         now = self.last_inbound = self._now()
@@ -247,6 +198,59 @@ class _Recording:
 _DATA_OPCODES = frozenset((Opcode.TEXT, Opcode.BINARY, Opcode.CONT))
 
 
+class _Counting:
+    """Mixed into websockets' client connection classes: counts the bytes written on the
+    link (:attr:`bytes_written`) and samples the kernel's TCP state just before the socket
+    closes (:attr:`end_info`): together they tell which messages of a plain link the
+    server's TCP never acknowledged. (Servers need neither.)
+    """
+
+    bytes_written = 0
+    # The last TCP_INFO sample before the socket closed; bytes_written at that moment,
+    # and the offset up to which the kernel had transmitted them (None: unknown).
+    end_info: _tcpinfo.TcpInfo | None = None
+    end_written = 0
+    end_transmitted: int | None = None
+    # Whether abort_link found nothing unsent or unacknowledged anywhere, user space
+    # included (None: it did not look, or could not tell).
+    end_drained: bool | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Both websockets connections write exactly what data_to_send() returns, and
+        # nothing else: counting there makes each frame's end offset exact, handshake
+        # included, at the cost of one call per write (not a syscall).
+        protocol: Any = getattr(self, "protocol")  # noqa: B009 - set by websockets
+        take = protocol.data_to_send
+
+        def data_to_send() -> list[bytes]:
+            writes: list[bytes] = take()
+            for data in writes:  # usually one
+                self.bytes_written += len(data)
+            return writes
+
+        protocol.data_to_send = data_to_send
+
+    def capture_end(self) -> None:
+        """Sample the kernel's view of the socket; call it just before the socket closes.
+
+        ``tcpi_bytes_acked`` only grows, so the last successful sample is the best one;
+        once the socket is closed, sampling fails and keeps the previous one.
+        """
+        sock = _tcpinfo.raw_socket(self)
+        info = None if sock is None else _tcpinfo.read(sock)
+        if info is not None:
+            self.end_info = info
+            self.end_written = written = self.bytes_written
+            # Past this offset, bytes never left the kernel or user space: the server
+            # cannot have them. (asyncio's buffer is already empty after an abort: then
+            # this overestimates, which only counts more messages as possible duplicates.)
+            unsent = info.notsent_bytes
+            transport: Any = getattr(self, "transport", None)
+            buffered = 0 if transport is None else transport.get_write_buffer_size()
+            self.end_transmitted = None if unsent is None else written - unsent - buffered
+
+
 class _AsyncioEnd:
     """asyncio: the transport closes the socket right after ``connection_lost``."""
 
@@ -290,9 +294,12 @@ def connection_class(side: Literal["client", "server"], trio: bool) -> type[Any]
 
         module = websockets.asyncio
         now = _asyncio_now
-    base = module.client.ClientConnection if side == "client" else module.server.ServerConnection
+    if side == "server":
+        base = module.server.ServerConnection
+        return type(f"Recording{base.__name__}", (_Recording, base), {"_now": now})
+    base = module.client.ClientConnection
     end = _TrioEnd if trio else _AsyncioEnd
-    return type(f"Recording{base.__name__}", (_Recording, end, base), {"_now": now})
+    return type(f"Recording{base.__name__}", (_Counting, _Recording, end, base), {"_now": now})
 
 
 def is_trio() -> bool:
