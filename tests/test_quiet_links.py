@@ -202,3 +202,28 @@ async def test_serve_under_plain_asyncio_run_answers_probes_with_beacons() -> No
         loop.call_soon_threadsafe(stop[0].set_result, None)
         await anyio.to_thread.run_sync(thread.join, TIMEOUT)
     assert not thread.is_alive()
+
+
+async def test_a_ping_flood_is_not_answered_with_as_many_beacons() -> None:
+    """A hostile client's burst of pings: websockets answers each with a pong, serve()
+    adds at most one beacon per 0.1 s, not one per ping."""
+
+    async def ignore_session(session: resilient_ws.ServerSession) -> None:
+        async for _ in session:
+            pass
+
+    async with resilient_ws.serve(ignore_session, "127.0.0.1", 0, stall_threshold=None) as server:
+        stream = await anyio.connect_tcp("127.0.0.1", server.port)
+        async with stream:
+            await stream.send(HANDSHAKE)
+            received = b""
+            with anyio.fail_after(TIMEOUT):
+                while b"\r\n\r\n" not in received:
+                    received += await stream.receive()
+                await stream.send(PING * 200)
+                received = received.partition(b"\r\n\r\n")[2]
+                while received.count(b"\x8a\x04abcd") < 200:
+                    received += await stream.receive()
+            received += await receive_for(stream, 0.3)
+    beacons = received.count(BEACON_PREFIX)
+    assert 1 <= beacons <= 5

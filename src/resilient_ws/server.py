@@ -479,8 +479,12 @@ class Server:
 
     def _answer_probe(self, connection: Any) -> None:
         """A client's probe is answered (websockets sent the pong): add a beacon, so that
-        the client learns the server's lag with every probe."""
-        self._send_beacon(connection, self._beacon())
+        the client learns the server's lag with every probe; at most one per
+        ``_BEACON_SPACING`` on a link, so a flood of pings is not answered twice."""
+        now = connection.last_inbound
+        if now - getattr(connection, "beacon_at", -math.inf) >= _BEACON_SPACING:
+            connection.beacon_at = now
+            self._send_beacon(connection, self._beacon())
 
     def _send_beacon(self, connection: Any, data: bytes) -> None:
         if self._trio:
@@ -505,6 +509,8 @@ class Server:
                 self._send_beacon(connection, data)
 
 
+# Shortest time between two beacons that answer a link's probes (seconds).
+_BEACON_SPACING = 0.1
 # Loop lag below which a server reports no lag band: the lag that would make a client blame
 # the server is Keepalive.client_lag, 0.2 s by default.
 _QUIET_LAG = 0.1
