@@ -1,8 +1,10 @@
-"""A resilient_ws.serve() server for fault tests: ``python serve_server.py PORT BACKEND``.
+"""A resilient_ws.serve() server for fault tests: ``python serve_server.py PORT BACKEND [OPTION]``.
 
 Echoes; on "stall-gil N" it holds the GIL for N seconds in a worker thread (a C call through
 ctypes.PyDLL keeps the GIL), the mistake the StallWatchdog must name. Logs JSON lines to
 stdout and prints ``ready`` once it listens.
+
+Options: ``threshold=SECONDS`` sets ``stall_threshold`` (0.5 by default).
 """
 
 from __future__ import annotations
@@ -31,8 +33,11 @@ async def handler(ws: Any) -> None:
 
 
 async def main(port: int) -> None:
-    # "no-watchdog": see test_frozen_server_keeps_its_clients.
-    threshold = None if "no-watchdog" in sys.argv[3:] else 0.5
+    options = sys.argv[3:]
+    threshold: float | None = 0.5
+    for option in options:
+        if option.startswith("threshold="):
+            threshold = float(option.removeprefix("threshold="))
     async with resilient_ws.serve(handler, "127.0.0.1", port, stall_threshold=threshold):
         print("ready", flush=True)
         await anyio.sleep_forever()

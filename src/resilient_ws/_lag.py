@@ -1,15 +1,21 @@
 """Loop-lag monitor and stall watchdog, usable on their own in any asyncio or trio program.
 
-:class:`LoopLagMonitor` measures how late a timer wakes (the loop's lag). :class:`StallWatchdog`
-names the code that blocked the loop: it keeps :func:`faulthandler.dump_traceback_later` armed
-from the loop, so when the loop misses a tick faulthandler's own C thread dumps every thread's
-stack, even while another thread holds the GIL inside a C call. When the loop recovers, the dump
-is parsed (:func:`parse_faulthandler`) and logged as one ``resilient_ws.loop_stalled`` event.
-The statistics (:class:`LagWindow`) and the parser are pure and need no event loop.
+:class:`LoopLagMonitor` measures how late a timer wakes (the loop's lag); one shared monitor
+per event loop (:meth:`LoopLagMonitor.acquire`) serves every connection in it.
+:class:`StallWatchdog` names the code that blocked the loop, from evidence that is safe to
+read: a Python thread of its own takes every thread's stack under the GIL
+(:func:`sys._current_frames`) once the loop is overdue; on Linux, when that thread itself
+cannot get the GIL (another thread holds it inside a C call), a helper process that sees
+the process running but silent sends it a signal on which :mod:`faulthandler` dumps every
+stack, while the GIL holder is stuck. When the loop recovers, the stacks are logged as one
+``resilient_ws.loop_stalled`` event. The statistics (:class:`LagWindow`) and the parser
+(:func:`parse_faulthandler`) are pure and need no event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import faulthandler
 import importlib.util
 import itertools
@@ -17,17 +23,23 @@ import logging
 import math
 import os
 import re
+import signal
+import subprocess
+import sys
 import sysconfig
 import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import cache
+from types import FrameType
 from typing import IO, TypeVar
 
 import anyio
+import sniffio
 from anyio.abc import TaskGroup
 
 from ._logging import log
@@ -72,7 +84,8 @@ class ThreadStack:
 
     Attributes:
         thread_id: The id faulthandler printed, equal to :func:`threading.get_ident`.
-        current: Marked "Current thread" by faulthandler (never, in a timed dump).
+        current: Marked "Current thread" by faulthandler: the thread that ran its signal
+            handler (never in a snapshot of :func:`sys._current_frames`).
         loop: The thread that runs the watched event loop.
         frames: Innermost (most recent) frame first.
     """
@@ -269,7 +282,10 @@ class _Ticker:
 class LoopLagMonitor(_Ticker):
     """Measures the event loop's lag: how late a timer of ``interval`` seconds wakes.
 
-    Usage: ``async with LoopLagMonitor() as monitor: ... monitor.percentile(99)``.
+    Usage: ``async with LoopLagMonitor() as monitor: ... monitor.percentile(99)``, or
+    ``task_group.start_soon(monitor.run)``. Code with many users in one event loop (every
+    connection of a process) shares one monitor per loop instead: :meth:`acquire` and
+    :meth:`release`, or ``async with LoopLagMonitor.shared() as monitor``.
 
     Args:
         interval: Seconds between ticks.
@@ -281,6 +297,71 @@ class LoopLagMonitor(_Ticker):
         self.stats = LagWindow(window)
         self.last_tick: float | None = None
         self.last_tick_monotonic: float | None = None
+        self._running = False  # run() or async with
+        self._users = 0  # of a shared monitor (acquire)
+        self._loop_key: object = None
+        self._stop_ticking: Callable[[], object] | None = None
+
+    @classmethod
+    def acquire(cls) -> LoopLagMonitor:
+        """Return the running event loop's shared monitor, started by its first user.
+
+        Call it from the loop's thread, inside the loop (asyncio or trio), and pair every call
+        with one :meth:`release`: the last release stops the monitor, and the next acquire
+        starts a new one. The monitor needs no task of the caller's: on asyncio it is a chain
+        of ``loop.call_at`` timers, on trio a system task. It ticks every 0.1 s.
+
+        Raises:
+            RuntimeError: No asyncio or trio event loop runs in this thread.
+        """
+        key, loop = _running_loop()
+        with _shared_lock:
+            monitor = _shared.get(key)
+            if monitor is None:
+                monitor = _shared[key] = cls()
+                monitor._loop_key = key
+                monitor._stop_ticking = (
+                    monitor._tick_in_system_task()
+                    if loop is None
+                    else monitor._tick_on_timers(loop)
+                )
+            monitor._users += 1
+        return monitor
+
+    def release(self) -> None:
+        """Give back a monitor from :meth:`acquire`; the last user's release stops it.
+
+        Call it from the loop's thread while the loop runs (a ``finally`` block or
+        ``__aexit__`` is the place); it does not block and is safe under cancellation.
+
+        Raises:
+            RuntimeError: More releases than acquires.
+        """
+        with _shared_lock:
+            if self._users <= 0:
+                raise RuntimeError("release() without a matching acquire()")
+            self._users -= 1
+            if self._users:
+                return
+            del _shared[self._loop_key]
+        stop, self._stop_ticking = self._stop_ticking, None
+        if stop is not None:
+            stop()
+
+    @classmethod
+    @asynccontextmanager
+    async def shared(cls) -> AsyncIterator[LoopLagMonitor]:
+        """Use the loop's shared monitor for a block: :meth:`acquire`, then :meth:`release`."""
+        monitor = cls.acquire()
+        try:
+            yield monitor
+        finally:
+            monitor.release()
+
+    @property
+    def running(self) -> bool:
+        """Whether the monitor ticks: it runs, or it is shared and has users."""
+        return self._stop_ticking is not None or self._running
 
     @property
     def current(self) -> float:
@@ -312,27 +393,138 @@ class LoopLagMonitor(_Ticker):
         return max(0.0, time.monotonic() - self.last_tick_monotonic - self.interval)
 
     def _start(self) -> None:
+        if self._users:
+            raise RuntimeError("a shared LoopLagMonitor runs on its own: use release()")
+        self._running = True
         self.last_tick, self.last_tick_monotonic = anyio.current_time(), time.monotonic()
+
+    def _stop(self) -> None:
+        self._running = False
 
     def _tick(self, lag: float) -> None:
+        self._record(lag, anyio.current_time())
+
+    def _record(self, lag: float, now: float) -> None:
         self.stats.add(lag)
-        self.last_tick, self.last_tick_monotonic = anyio.current_time(), time.monotonic()
+        self.last_tick, self.last_tick_monotonic = now, time.monotonic()
+
+    def _tick_on_timers(self, loop: asyncio.AbstractEventLoop) -> Callable[[], object]:
+        """Tick from a chain of ``call_at`` timers; return what cancels the pending one."""
+        due = loop.time() + self.interval
+        handle: asyncio.TimerHandle
+
+        def tick() -> None:
+            nonlocal due, handle
+            now = loop.time()
+            self._record(now - due, now)
+            due = now + self.interval
+            handle = loop.call_at(due, tick)
+
+        self.last_tick, self.last_tick_monotonic = due - self.interval, time.monotonic()
+        handle = loop.call_at(due, tick)
+        return lambda: handle.cancel()
+
+    def _tick_in_system_task(self) -> Callable[[], object]:
+        """Tick from a trio system task; return what cancels it."""
+        import trio
+
+        scope = trio.CancelScope()
+
+        async def ticker() -> None:
+            with scope:
+                while True:
+                    due = trio.current_time() + self.interval
+                    await trio.sleep_until(due)
+                    now = trio.current_time()
+                    self._record(now - due, now)
+
+        self.last_tick, self.last_tick_monotonic = trio.current_time(), time.monotonic()
+        trio.lowlevel.spawn_system_task(ticker, name=_SYSTEM_TASK)
+        return scope.cancel
 
 
+_SYSTEM_TASK = "resilient_ws.LoopLagMonitor"
+_shared_lock = threading.Lock()
+_shared: dict[object, LoopLagMonitor] = {}
+
+
+def _running_loop() -> tuple[object, asyncio.AbstractEventLoop | None]:
+    """The running event loop's key (asyncio's loop, trio's token), and asyncio's loop."""
+    try:
+        library = sniffio.current_async_library()
+    except sniffio.AsyncLibraryNotFoundError:
+        library = None
+    if library == "trio":
+        import trio
+
+        return trio.lowlevel.current_trio_token(), None
+    if library == "asyncio":
+        loop = asyncio.get_running_loop()
+        return loop, loop
+    raise RuntimeError("LoopLagMonitor.acquire() needs a running asyncio or trio event loop")
+
+
+_WATCHER = "resilient_ws.StallWatchdog"
 _active_lock = threading.Lock()
 _active: StallWatchdog | None = None
+# faulthandler's handler for the helper's signal, installed once per process, writes here.
+_dump_file: IO[bytes] | None = None
+
+# The helper process, on Linux. It reads the watchdog thread's heartbeats on stdin; when they
+# stop for ``limit`` seconds while the watched process runs (its state in /proc is neither
+# stopped nor traced, and the helper was not frozen with it), every Python thread waits for
+# a GIL that a C call holds: it sends the signal once, and faulthandler dumps the stacks.
+_HELPER = """
+import os, select, signal, sys, time
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+pid, limit, signum = int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
+step, fd, last, fired = limit / 4, sys.stdin.fileno(), time.monotonic(), False
+def stopped():
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rpartition(b")")[2].split()[0] in (b"T", b"t")
+    except (OSError, IndexError):
+        return True
+while os.getppid() == pid:
+    before = time.monotonic()
+    ready = select.select([fd], [], [], step)[0]
+    now = time.monotonic()
+    if ready:
+        if not os.read(fd, 4096):
+            break
+        last, fired = now, False
+    elif now - before > 2 * step:
+        last = now
+    elif now - last > limit and not fired:
+        if stopped():
+            last = now
+        else:
+            fired = True
+            os.kill(pid, signum)
+"""
 
 
 class StallWatchdog(_Ticker):
     """Logs ``resilient_ws.loop_stalled``, with every thread's stack, after the loop was blocked.
 
-    faulthandler has one ``dump_traceback_later`` timer per process, so one watchdog may run at
-    a time, and an application that arms that timer itself must pass ``enabled=False`` (we
-    cannot detect it). ``faulthandler.enable()`` for crashes is unaffected.
+    A thread of its own takes every thread's stack (:func:`sys._current_frames`, under the
+    GIL) once the loop is ``threshold`` late: that names a loop blocked in Python code or in
+    a call that releases the GIL. When a C call holds the GIL, no Python thread can look;
+    on Linux a helper process (``python -I -S -c``, started and killed with the watchdog)
+    notices that this thread stopped beating while the process runs, and sends it signal
+    ``SIGRTMAX - 2``, on which :func:`faulthandler.register`'s handler dumps every stack
+    while the GIL holder is stuck. A process that was stopped (SIGSTOP, a debugger, a frozen
+    cgroup) gets no signal. Elsewhere, or when the helper cannot start (no
+    ``sys.executable``, a frozen application), a stall behind a GIL-holding C call is only
+    named if the holder is still in that frame when the loop comes back.
+
+    The signal handler is process-wide and stays installed once set, so one watchdog may run
+    at a time. faulthandler's ``dump_traceback_later`` timer and ``faulthandler.enable()``
+    are left to the application.
 
     Args:
         threshold: Seconds a tick may be late before it counts as a stall.
-        interval: Seconds between ticks (re-arming); ``threshold / 4`` by default.
+        interval: Seconds between ticks and heartbeats; ``threshold / 4`` by default.
         on_stall: Called with each :class:`Stall` once the loop recovers; what it raises
             propagates out of ``async with``.
         enabled: When false, the watchdog does nothing.
@@ -351,8 +543,13 @@ class StallWatchdog(_Ticker):
         super().__init__(threshold / 4 if interval is None else interval)
         self.threshold, self.enabled, self.on_stall = threshold, enabled, on_stall
         self.last_stall: Stall | None = None
-        self._file: IO[bytes] | None = None
         self._loop_thread = 0
+        self._lock = threading.Lock()
+        self._beat = 0.0  # time.monotonic() of the loop's last tick
+        self._snapshot: tuple[ThreadStack, ...] | None = None  # taken by our thread
+        self._stopping = threading.Event()
+        self._watcher: threading.Thread | None = None
+        self._helper: subprocess.Popen[bytes] | None = None
 
     def _start(self) -> None:
         global _active
@@ -361,46 +558,74 @@ class StallWatchdog(_Ticker):
         with _active_lock:
             if _active is not None:
                 raise RuntimeError(
-                    "another StallWatchdog is running: faulthandler's timer is process-wide"
+                    "another StallWatchdog is running: its dump signal handler is process-wide"
                 )
             _active = self
-        self._loop_thread = threading.get_ident()
-        # Kept open from enter to exit, across calls: no ``with`` block fits.
-        self._file = tempfile.TemporaryFile(buffering=0)  # noqa: SIM115
-        self._arm(self._file)
+        try:
+            self._loop_thread = threading.get_ident()
+            self._beat, self._snapshot = time.monotonic(), None
+            self._helper = _start_helper(self.threshold + self.interval)
+            _read_dump()  # What an earlier watchdog left.
+            self._stopping = threading.Event()
+            heartbeat = None if self._helper is None else self._helper.stdin
+            self._watcher = threading.Thread(
+                target=self._watch, args=(heartbeat,), name=_WATCHER, daemon=True
+            )
+            self._watcher.start()
+        except BaseException:
+            self._stop()
+            raise
 
     def _stop(self) -> None:
         global _active
+        if _active is not self:
+            return
+        watcher, self._watcher = self._watcher, None
+        self._stopping.set()
+        if watcher is not None and watcher.ident is not None:
+            watcher.join()
+        helper, self._helper = self._helper, None
+        if helper is not None:
+            helper.kill()
+            helper.wait()
+            if helper.stdin is not None:
+                helper.stdin.close()
         with _active_lock:
-            if _active is not self:
-                return
-            faulthandler.cancel_dump_traceback_later()
             _active = None
-        if self._file is not None:
-            self._file.close()
-            self._file = None
 
-    def _arm(self, file: IO[bytes]) -> None:
-        # Due one interval after the next tick's due time: fires only if that tick is late by
-        # more than the threshold.
-        faulthandler.dump_traceback_later(self.threshold + self.interval, file=file)
+    def _watch(self, heartbeat: IO[bytes] | None) -> None:
+        """Our thread: beat for the helper; take every stack once the loop is late."""
+        fd = None if heartbeat is None else heartbeat.fileno()
+        if fd is not None:
+            os.set_blocking(fd, False)
+        me = threading.get_ident()
+        while not self._stopping.wait(self.interval):
+            if fd is not None:
+                with contextlib.suppress(OSError):  # A full pipe, or a dead helper.
+                    os.write(fd, b".")
+            beat = self._beat
+            if time.monotonic() - beat - self.interval > self.threshold:
+                with self._lock:
+                    if self._beat == beat and self._snapshot is None:
+                        self._snapshot = _stacks_now(self._loop_thread, skip=me)
 
     def _tick(self, lag: float) -> None:
-        if self._file is None:
+        if self._watcher is None:
             return
-        faulthandler.cancel_dump_traceback_later()  # Returns once a dump in progress is written.
-        dump = b""
-        if os.fstat(self._file.fileno()).st_size:
-            self._file.seek(0)
-            dump = self._file.read()
-            self._file.seek(0)
-            self._file.truncate()
-        self._arm(self._file)
-        if dump or lag > self.threshold:
-            self._report(lag, dump.decode("utf-8", "replace"))
+        with self._lock:
+            self._beat = time.monotonic()
+            snapshot, self._snapshot = self._snapshot, None
+        # A dump was taken while the stall lasted: it beats a snapshot taken after it.
+        if dump := _read_dump():
+            snapshot = parse_faulthandler(dump, loop_thread=self._loop_thread)
+        elif snapshot is None and lag > self.threshold:
+            # Our thread has not looked yet: a C call that held the GIL may have just
+            # returned, its thread still in the calling frame.
+            snapshot = _stacks_now(self._loop_thread, skip=self._watcher.ident or 0)
+        if snapshot is not None:
+            self._report(lag, snapshot)
 
-    def _report(self, duration: float, dump: str) -> None:
-        threads = parse_faulthandler(dump, loop_thread=self._loop_thread)
+    def _report(self, duration: float, threads: tuple[ThreadStack, ...]) -> None:
         stall = Stall(duration, threads, find_culprit(threads))
         self.last_stall = stall
         log(
@@ -416,3 +641,54 @@ class StallWatchdog(_Ticker):
         )
         if self.on_stall is not None:
             self.on_stall(stall)
+
+
+def _stacks_now(loop_thread: int, *, skip: int) -> tuple[ThreadStack, ...]:
+    """Every thread's stack but ``skip``'s, as faulthandler would print it (100 frames)."""
+    threads = []
+    for ident, top in sys._current_frames().items():
+        if ident == skip:
+            continue
+        frames: list[Frame] = []
+        frame: FrameType | None = top
+        while frame is not None and len(frames) < 100:
+            code = frame.f_code
+            frames.append(Frame(code.co_filename, frame.f_lineno or 0, code.co_name))
+            frame = frame.f_back
+        threads.append(ThreadStack(ident, False, ident == loop_thread, tuple(frames)))
+    return tuple(threads)
+
+
+def _start_helper(limit: float) -> subprocess.Popen[bytes] | None:
+    """Start the helper process (Linux), first installing the dump signal's handler."""
+    global _dump_file
+    if sys.platform != "linux" or not sys.executable or getattr(sys, "frozen", False):
+        return None
+    signum = signal.SIGRTMAX - 2
+    try:
+        if _dump_file is None:
+            # Kept open for the life of the process, as the handler is: no ``with`` fits.
+            file = tempfile.TemporaryFile(buffering=0)  # noqa: SIM115
+            faulthandler.register(signum, file=file, all_threads=True)
+            _dump_file = file
+        argv = [sys.executable, "-I", "-S", "-c", _HELPER, str(os.getpid()), str(limit)]
+        return subprocess.Popen(
+            [*argv, str(int(signum))],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    except OSError:
+        return None
+
+
+def _read_dump() -> str:
+    """Take what faulthandler's signal handler wrote, leaving the file empty."""
+    file = _dump_file
+    if file is None or not os.fstat(file.fileno()).st_size:
+        return ""
+    file.seek(0)
+    dump = file.read()
+    file.seek(0)
+    file.truncate()
+    return dump.decode("utf-8", "replace")

@@ -427,9 +427,9 @@ class Connection(MessageIterator):
         await self._task_group.__aenter__()
         try:
             if self._keepalive is not None:
-                # Our own loop's lag: evidence that a late pong is our fault, not the server's.
-                monitor = self._supervisor.monitor = LoopLagMonitor()
-                self._task_group.start_soon(monitor.run)
+                # Our own loop's lag: evidence that a late pong is our fault, not the
+                # server's. One monitor per event loop, shared by its connections.
+                self._supervisor.monitor = LoopLagMonitor.acquire()
             self._task_group.start_soon(self._run)
             while self._machine.state not in (State.OPEN, State.CLOSED):
                 await self._changed.wait()
@@ -441,13 +441,26 @@ class Connection(MessageIterator):
             # Cancelled (or failed) while waiting for the first link: never leave the
             # group open on the caller's stack of cancel scopes.
             self._supervisor.cancel()
-            await _taskgroup.leave(self._task_group, exc)
+            try:
+                await _taskgroup.leave(self._task_group, exc)
+            finally:
+                self._release_monitor()
             raise
         if self._error is not None:
             error = self._error
-            await _taskgroup.leave(self._task_group, None)
+            try:
+                await _taskgroup.leave(self._task_group, None)
+            finally:
+                self._release_monitor()
             raise error
         return self
+
+    def _release_monitor(self) -> None:
+        """Once our tasks are done: a released monitor stops ticking, and its last tick
+        growing old would read as our own loop stalling."""
+        monitor, self._supervisor.monitor = self._supervisor.monitor, None
+        if monitor is not None:
+            monitor.release()
 
     async def __aexit__(
         self,
@@ -467,7 +480,10 @@ class Connection(MessageIterator):
                 interrupted = exc = error
         self._supervisor.cancel()
         # The block's own exception, if not a cancellation, propagates as itself.
-        swallowed = await _taskgroup.leave(self._task_group, exc)
+        try:
+            swallowed = await _taskgroup.leave(self._task_group, exc)
+        finally:
+            self._release_monitor()
         if interrupted is not None and not swallowed:
             raise interrupted
         return swallowed

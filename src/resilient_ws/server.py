@@ -81,7 +81,8 @@ class Server:
     """A running server; create it with :func:`serve` and use it with ``async with``.
 
     Attributes:
-        monitor: The server's :class:`~resilient_ws.LoopLagMonitor`.
+        monitor: The event loop's :class:`~resilient_ws.LoopLagMonitor`, shared with its other
+            users (see ``LoopLagMonitor.acquire()``) while the server runs.
         watchdog: Its :class:`~resilient_ws.StallWatchdog`, or ``None`` when disabled.
         port: The TCP port it listens on (useful with ``port=0``).
     """
@@ -130,13 +131,18 @@ class Server:
         # Known now: protocol callbacks on asyncio run outside any task, where sniffio
         # cannot tell the library.
         self._trio = _backend.is_trio()
+        # One loop-lag monitor per event loop, shared with the loop's other users.
+        self.monitor = LoopLagMonitor.acquire()
         self._tasks = anyio.create_task_group()
         await self._tasks.__aenter__()
         try:
             await self._tasks.start(self._run_monitors)
             self._ws_server = await self._start()
         except BaseException as exc:
-            await _taskgroup.leave(self._tasks, exc)
+            try:
+                await _taskgroup.leave(self._tasks, exc)
+            finally:
+                self.monitor.release()
             raise
         self.port = _listening_port(self._ws_server)
         return self
@@ -152,7 +158,10 @@ class Server:
         with anyio.CancelScope(shield=True):
             await self._close(grace)
         # The block's own exception, if not a cancellation, propagates as itself.
-        return await _taskgroup.leave(self._tasks, exc)
+        try:
+            return await _taskgroup.leave(self._tasks, exc)
+        finally:
+            self.monitor.release()
 
     async def aclose(self) -> None:
         """Stop accepting, close every connection (code 1001) and stop the monitors.
@@ -191,7 +200,6 @@ class Server:
 
     async def _run_monitors(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         async with anyio.create_task_group() as tasks:
-            tasks.start_soon(self.monitor.run)
             if self._replay is not None:
                 tasks.start_soon(self._expire_sessions)
             if self.watchdog is not None:
