@@ -24,13 +24,18 @@ class Signal:
     __slots__ = ("_event",)
 
     def __init__(self) -> None:
-        self._event = anyio.Event()
+        # Made by the first waiter: a signal nobody waits on costs no event (thousands of
+        # idle sessions), and notify() has nothing to do.
+        self._event: anyio.Event | None = None
 
     def notify(self) -> None:
-        self._event.set()
-        self._event = anyio.Event()
+        event, self._event = self._event, None
+        if event is not None:
+            event.set()
 
     async def wait(self) -> None:
+        if self._event is None:
+            self._event = anyio.Event()
         await self._event.wait()
 
 
