@@ -149,6 +149,7 @@ class _Recording:
     on_pong: Callable[[bytes, float], None] | None = None
     last_beacon: Beacon | None = None
     control: ControlHandler | None = None
+    beacon_at = -math.inf  # when serve() last answered a probe with a beacon
 
     def _now(self) -> float:
         raise NotImplementedError

@@ -490,7 +490,7 @@ class Server:
         the client learns the server's lag with every probe; at most one per
         ``_BEACON_SPACING`` on a link, so a flood of pings is not answered twice."""
         now = connection.last_inbound
-        if now - getattr(connection, "beacon_at", -math.inf) >= _BEACON_SPACING:
+        if now - connection.beacon_at >= _BEACON_SPACING:
             connection.beacon_at = now
             self._send_beacon(connection, self._beacon())
 
