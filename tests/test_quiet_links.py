@@ -10,6 +10,8 @@ answer to a probe, not every second.
 from __future__ import annotations
 
 import asyncio
+import itertools
+import math
 import threading
 
 import anyio
@@ -23,7 +25,7 @@ from websockets.frames import Opcode
 
 import resilient_ws
 from resilient_ws import Disconnected, Keepalive, PeerStalled
-from resilient_ws._protocol import BEACON_PREFIX
+from resilient_ws._protocol import BEACON_PREFIX, decode_beacon
 
 pytestmark = pytest.mark.anyio
 
@@ -130,13 +132,18 @@ async def receive_for(stream: anyio.abc.ByteStream, seconds: float) -> bytes:
     return received
 
 
-def opcodes(data: bytes) -> list[int]:
-    """The opcodes of a server's frames (unmasked, payloads under 126 bytes)."""
+def frames(data: bytes) -> list[tuple[int, bytes]]:
+    """A server's frames (unmasked, payloads under 126 bytes): (opcode, payload)."""
     found = []
-    while data:
-        found.append(data[0] & 0x0F)
+    while len(data) >= 2 and len(data) >= 2 + data[1]:
+        found.append((data[0] & 0x0F, data[2 : 2 + data[1]]))
         data = data[2 + data[1] :]
     return found
+
+
+def lag_band(lag: float) -> int:
+    """serve()'s bands of loop lag: under 0.1 s, then one per doubling."""
+    return 0 if lag < 0.1 else 1 + int(math.log2(lag / 0.1))
 
 
 async def test_serve_beacons_answer_probes_not_the_clock() -> None:
@@ -153,18 +160,25 @@ async def test_serve_beacons_answer_probes_not_the_clock() -> None:
                 while b"\r\n\r\n" not in response:
                     response += await stream.receive()
             assert response.startswith(b"HTTP/1.1 101")
-            # Idle, with a lag that does not change: no beacon (a pong). The server's own
-            # probes (pings, which this client leaves unanswered) are all that come.
+            # Idle: the server's own probes (pings, which this client leaves unanswered),
+            # and a beacon only when its lag changed band (under load), never two in a row
+            # with the same band (a clock would send the same one every second).
             idle = response.partition(b"\r\n\r\n")[2] + await receive_for(stream, WINDOW)
-            assert set(opcodes(idle)) == {Opcode.PING.value}
+            assert {opcode for opcode, _ in frames(idle)} <= {Opcode.PING, Opcode.PONG}
+            beacons = [decode_beacon(data) for opcode, data in frames(idle) if opcode == 0xA]
+            bands = [lag_band(beacon.lag) for beacon in beacons if beacon is not None]
+            assert len(bands) == len(beacons)
+            assert all(before != after for before, after in itertools.pairwise(bands))
             await stream.send(PING)
             answer = b""
             with anyio.fail_after(TIMEOUT):
-                while BEACON_PREFIX not in answer:
+                while True:
                     answer += await stream.receive()
-            # websockets' pong first, then the beacon, both pongs (opcode 0xA).
-            assert answer.startswith(bytes([0x8A, 4]) + b"abcd")
-            assert answer[6] == 0x8A
+                    pongs = [data for opcode, data in frames(answer) if opcode == 0xA]
+                    if b"abcd" in pongs and pongs[-1].startswith(BEACON_PREFIX):
+                        break
+            # websockets' pong, then the beacon that answers the probe (both pongs).
+            assert pongs.index(b"abcd") < len(pongs) - 1
 
 
 async def test_serve_under_plain_asyncio_run_answers_probes_with_beacons() -> None:
