@@ -238,10 +238,16 @@ def read(sock: SockOpts, *, platform: str | None = None) -> TcpInfo | None:
     return None
 
 
+# Unanswered keepalive probes, 1 s apart, before the kernel drops a connection. One is not
+# enough: with 5,000 idle links on one loaded server, the loopback queue dropped enough
+# probes (softnet_stat) that the kernel killed 2,658 healthy links in 10 s; with two, none.
+_KEEPALIVE_PROBES = 2
+
+
 def keep_alive(sock: SockOpts, idle: float, *, platform: str | None = None) -> bool:
-    """Have the kernel watch an idle connection: TCP keepalive, one probe after ``idle``
-    seconds without anything received (rounded up to whole seconds, at least 1), and the
-    connection dropped with ``ETIMEDOUT`` when that probe is unanswered 1 s later.
+    """Have the kernel watch an idle connection: TCP keepalive, a probe after ``idle``
+    seconds without anything received (rounded up to whole seconds, at least 1), then one a
+    second, and the connection dropped with ``ETIMEDOUT`` when two in a row are unanswered.
 
     The kernel probes only while nothing we sent is unacknowledged, and a peer whose
     process is stopped still answers (its kernel does): it catches a dead path on an idle
@@ -268,7 +274,7 @@ def keep_alive(sock: SockOpts, idle: float, *, platform: str | None = None) -> b
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         sock.setsockopt(_IPPROTO_TCP, idle_option, seconds)
         sock.setsockopt(_IPPROTO_TCP, interval_option, 1)
-        sock.setsockopt(_IPPROTO_TCP, count_option, 1)
+        sock.setsockopt(_IPPROTO_TCP, count_option, _KEEPALIVE_PROBES)
     except OSError:
         return False
     return True

@@ -130,10 +130,11 @@ class Keepalive:
 
     Where the platform allows (Linux, macOS), the kernel watches idle links for free: TCP
     keepalive on the socket probes after ``idle`` seconds (whole seconds, at least 1) without
-    anything received and drops the link when a probe is unanswered for 1 s, without waking
-    Python. Application probes then go out only where they add evidence: after traffic
-    (a peer's application can stall while its kernel answers) and every ``quiet_interval``
-    seconds on a link that stays quiet.
+    anything received, then every second, and drops the link when two probes in a row go
+    unanswered (2 to 3 s after the path died), without waking Python. Application probes
+    then go out only where they add evidence: after traffic (a peer's application can stall
+    while its kernel answers) and every ``quiet_interval`` seconds on a link that stays
+    quiet.
 
     Attributes:
         idle: Seconds without an inbound frame before a probe is sent.
