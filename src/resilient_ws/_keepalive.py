@@ -151,8 +151,10 @@ class LinkKeepalive:
                 own_lag = 0.0
                 continue
             self._maybe_announce_stall(decision.diagnosis)
-            # The pong, or on a quiet link any message, ends the wait early.
-            if await self._sleep(decision.until, traffic=liveness.parked):
+            # The pong ends the wait early; so does any message on a quiet link, or from a
+            # peer judged stalled (its recovery is noticed at its first frame).
+            traffic = liveness.parked or self._announced_stall
+            if await self._sleep(decision.until, traffic=traffic):
                 continue
             # Waking late means our own loop was blocked: evidence against ourselves.
             own_lag = max(own_lag, anyio.current_time() - decision.until)
