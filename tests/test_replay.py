@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -119,6 +120,34 @@ def test_message_exactly_max_bytes_is_kept() -> None:
     assert outbound.unacked() == [(2, "fiver")]
 
 
+def test_record_past_max_bytes_drops_just_enough_oldest_messages() -> None:
+    outbound = Outbound(max_messages=10, max_bytes=6)
+    recorded(outbound, "a", "", "bb", "c")  # 4 bytes; an empty message counts too
+    outbound.record("dddd", 4)  # 8 bytes: "a", "" and "bb" must go, not "c"
+    assert state(outbound) == (5, 0, 4, 2, 5, [(4, "c"), (5, "dddd")])
+    assert outbound.overflowed == 3
+
+
+def test_steady_overflow_keeps_the_newest_and_holds_no_dropped_message() -> None:
+    outbound = Outbound(max_messages=4, max_bytes=10**6)
+    messages = [bytes([n % 256]) * 3 + str(n).encode() for n in range(1, 201)]
+
+    def references() -> list[int]:
+        return [sys.getrefcount(message) for message in messages]
+
+    baseline = references()
+    for message in messages:
+        outbound.record(message, len(message))
+    del message  # the loop's own reference
+    assert outbound.unacked() == list(zip(range(197, 201), messages[-4:], strict=True))
+    assert outbound.overflowed == 196
+    # What was dropped is no longer referenced: memory is bounded by the buffer's bounds.
+    held = [now - before for now, before in zip(references(), baseline, strict=True)]
+    assert held == [0] * 196 + [1] * 4
+    outbound.ack(200)
+    assert references() == baseline
+
+
 # ---- Outbound: acks -----------------------------------------------------------------------
 
 
@@ -129,6 +158,17 @@ def test_ack_drops_acknowledged_messages() -> None:
     assert state(outbound) == (3, 2, 3, 1, 3, [(3, "ccc")])
     outbound.ack(3)
     assert state(outbound) == (3, 3, 4, 0, 0, [])
+
+
+def test_one_ack_releases_a_long_range_and_its_bytes() -> None:
+    outbound = Outbound(max_messages=1000, max_bytes=10**6)
+    recorded(outbound, *(f"m{n}" for n in range(1, 101)))
+    outbound.ack(90)
+    assert outbound.unacked() == [(n, f"m{n}") for n in range(91, 101)]
+    assert (outbound.count, outbound.size) == (10, 9 * 3 + 4)
+    recorded(outbound, "x")
+    outbound.ack(101)
+    assert state(outbound) == (101, 101, 102, 0, 0, [])
 
 
 def test_equal_ack_is_idempotent() -> None:
@@ -266,7 +306,11 @@ def test_inbound_refuses_bad_settings(ack_every: int, ack_delay: float) -> None:
 
 def test_deliver_numbers_from_one() -> None:
     inbound = Inbound()
-    assert [inbound.deliver(0.0) for _ in range(3)] == [1, 2, 3]
+    numbers = []
+    for _ in range(3):
+        inbound.deliver(0.0)
+        numbers.append(inbound.received)
+    assert numbers == [1, 2, 3]
     assert (inbound.received, inbound.unacked) == (3, 3)
 
 
@@ -319,6 +363,86 @@ def test_zero_ack_delay_is_due_at_once() -> None:
     assert inbound.ack_due(3.0)
 
 
+# ---- Inbound: when the ack task wakes ------------------------------------------------------
+
+
+def test_first_message_wakes_an_idle_ack_task_to_arm_its_timer() -> None:
+    inbound = Inbound(ack_every=64, ack_delay=0.2)
+    assert inbound.ack_timer(0.0) is None  # nothing to acknowledge: sleep until woken
+    assert inbound.deliver(1.0)
+    assert not inbound.ack_due(1.0)
+    assert inbound.ack_timer(1.0) == pytest.approx(1.2)
+    assert not inbound.deliver(1.1)  # the armed timer covers it
+
+
+def test_a_busy_link_wakes_the_ack_task_once_per_ack() -> None:
+    inbound = Inbound(ack_every=4, ack_delay=0.2)
+    inbound.ack_timer(0.0)
+    wakes, acks = [], []
+    for n in range(1, 13):
+        now = 0.001 * n
+        wakes.append(inbound.deliver(now))
+        if wakes[-1]:  # the task runs
+            if inbound.ack_due(now):
+                acks.append(inbound.take_ack())
+            inbound.ack_timer(now)
+    # Woken for the first message (the task was idle), then only at each 4th: the timer
+    # stays armed after an ack, so the next message needs no wake to arm it.
+    assert wakes == [True, False, False, True] + [False, False, False, True] * 2
+    assert acks == [4, 8, 12]
+
+
+def test_after_an_ack_the_timer_lingers_once_then_sleeps() -> None:
+    inbound = Inbound(ack_every=64, ack_delay=0.2)
+    inbound.deliver(0.0)
+    inbound.take_ack()
+    assert inbound.ack_timer(1.0) == pytest.approx(1.2)
+    assert inbound.ack_timer(1.2) is None  # nothing arrived: no timer
+    assert inbound.deliver(2.0)
+
+
+def test_a_message_during_the_linger_is_due_its_own_delay_later() -> None:
+    inbound = Inbound(ack_every=64, ack_delay=0.2)
+    inbound.deliver(0.0)
+    inbound.take_ack()
+    assert inbound.ack_timer(1.0) == pytest.approx(1.2)
+    assert not inbound.deliver(1.1)  # no wake: the linger fires before it is due
+    assert not inbound.ack_due(1.2)
+    assert inbound.ack_timer(1.2) == pytest.approx(1.3)
+
+
+def test_a_busy_link_keeps_its_armed_timer_across_acks() -> None:
+    inbound = Inbound(ack_every=2, ack_delay=0.2)
+    inbound.deliver(0.0)
+    assert inbound.ack_timer(0.0) == pytest.approx(0.2)
+    for now in (0.01, 0.05, 0.1):
+        inbound.deliver(now)
+        inbound.deliver(now)
+        assert inbound.ack_due(now)
+        inbound.take_ack()
+        # Sooner than now + 0.2 and not fired yet: kept, the scope's deadline unmoved.
+        assert inbound.ack_timer(now) == pytest.approx(0.2)
+    assert inbound.ack_timer(0.2) is None  # fired with nothing unacknowledged
+
+
+def test_ack_every_one_wakes_for_every_message() -> None:
+    inbound = Inbound(ack_every=1, ack_delay=0.2)
+    inbound.ack_timer(0.0)
+    for now in (0.0, 0.01, 0.02):
+        assert inbound.deliver(now)
+        assert inbound.ack_due(now)
+        inbound.take_ack()
+        inbound.ack_timer(now)
+
+
+def test_a_resume_disarms_the_old_links_timer() -> None:
+    inbound = Inbound(ack_every=64, ack_delay=0.2)
+    inbound.deliver(0.0)
+    inbound.ack_timer(0.0)
+    inbound.resume(peer_replay_from=1)
+    assert inbound.deliver(5.0)  # the new link's task has no timer yet
+
+
 # ---- Inbound: resume and loss -------------------------------------------------------------
 
 
@@ -337,7 +461,8 @@ def test_inbound_resume_after_the_peer_overflowed_reports_the_gap() -> None:
     inbound.deliver(0.0)
     assert inbound.resume(5) == Gap(2, 4)
     assert (inbound.received, inbound.acked) == (4, 4)
-    assert inbound.deliver(1.0) == 5
+    inbound.deliver(1.0)
+    assert inbound.received == 5
 
 
 def test_inbound_resume_of_a_peer_that_sent_nothing() -> None:
@@ -363,7 +488,8 @@ def test_lost_session_reports_an_open_gap_and_restarts_numbering() -> None:
     inbound.deliver(0.0)
     assert inbound.lost() == Gap(3, None)
     assert (inbound.received, inbound.acked, inbound.ack_deadline()) == (0, 0, None)
-    assert inbound.deliver(1.0) == 1
+    inbound.deliver(1.0)
+    assert inbound.received == 1
 
 
 # ---- Properties ---------------------------------------------------------------------------
@@ -417,6 +543,47 @@ def test_acks_are_monotonic_bounded_and_timely(
         deadline = inbound.ack_deadline()
         assert (deadline is None) == (inbound.unacked == 0)
         assert deadline is None or deadline > now
+
+
+@given(
+    st.integers(1, 8),
+    st.floats(0.0, 1.0),
+    st.lists(st.floats(0.0, 0.5), max_size=60),
+)
+def test_an_ack_task_woken_only_when_told_acks_every_message_in_time(
+    ack_every: int, ack_delay: float, gaps: list[float]
+) -> None:
+    """Messages arrive after the given gaps; the ack task runs only when deliver() says
+    so or its timer fires. Every message is acknowledged within ack_delay of its arrival,
+    never more than ack_every wait, and a task that wakes acks or re-arms."""
+    inbound = Inbound(ack_every=ack_every, ack_delay=ack_delay)
+    arrivals: list[float] = []
+    acks: list[tuple[float, int]] = []
+    timer = inbound.ack_timer(0.0)
+
+    def task_runs(now: float) -> float | None:
+        if inbound.ack_due(now):
+            acks.append((now, inbound.take_ack()))
+        return inbound.ack_timer(now)
+
+    now = 0.0
+    for gap in gaps:
+        now += gap
+        while timer is not None and timer <= now:
+            timer = task_runs(timer)
+        arrivals.append(now)
+        if inbound.deliver(now):
+            timer = task_runs(now)
+        assert inbound.unacked < ack_every
+    for _ in range(3):  # after the last message: due, then linger, then sleep
+        if timer is None:
+            break
+        timer = task_runs(timer)
+    assert timer is None
+    assert inbound.unacked == 0
+    for number, arrived in enumerate(arrivals, 1):
+        acked_at = next(at for at, value in acks if value >= number)
+        assert acked_at <= arrived + ack_delay + 1e-9
 
 
 # ---- A model of two peers over a lossy link -----------------------------------------------
@@ -544,7 +711,8 @@ class TwoPeers(RuleBasedStateMachine):
         if isinstance(frame, Ack):
             side.outbound.ack(frame.number)
         else:
-            number = side.inbound.deliver(self.now)
+            side.inbound.deliver(self.now)
+            number = side.inbound.received
             # The implicit number matches the one the sender gave this very payload.
             assert self.sides[self.peer(name)].sent[-1][number - 1] == frame.message
             side.log[-1].append(("msg", number))

@@ -425,6 +425,31 @@ async def test_a_small_replay_buffer_bounds_memory_and_loses_nothing_on_a_live_l
     assert received == [str(i) for i in range(100)]
 
 
+@pytest.mark.parametrize("by", ["count", "time"])
+async def test_a_live_link_is_acknowledged_by_count_or_by_time(by: str) -> None:
+    """By count: acks long before an hour-long ack_delay (written at once on asyncio, by
+    the ack task on trio). By time: fewer messages than ack_every, acked after ack_delay,
+    the last ones too (the timer stays armed after an ack, then sleeps)."""
+    replay = Replay(ack_every=8, ack_delay=3600.0) if by == "count" else Replay(ack_delay=0.05)
+    count = 100 if by == "count" else 3
+    limit = 8 if by == "count" else 1
+    echo = Echo()
+    async with serve(echo, replay=replay) as server:
+        url = f"ws://127.0.0.1:{server.port}/"
+        async with resilient_ws.connect(url, replay=replay) as ws:
+            for round_ in range(2):  # the second round: after the ack task lingered
+                for i in range(count):
+                    await ws.send(str(i))
+                for i in range(count):
+                    assert await ws.recv() == str(i)
+                # The client's buffer empties as the server acks, and the server's as the
+                # client does: both within the bound, without waiting an hour.
+                await wait_until(lambda: ws.stats.unacked < limit)
+                await wait_until(lambda: echo.sessions[0].outbound.count < limit)
+                if by == "time" and round_ == 0:
+                    await anyio.sleep(0.2)  # past the linger: the task sleeps untimed
+
+
 async def test_an_echo_handler_does_not_deadlock_a_pipelining_client() -> None:
     """Found by the replay benchmark: when send() waited for acks, an echo handler blocked
     in send() stopped reading, and the client's acks sat unread behind its data."""

@@ -12,7 +12,8 @@ The rules are those of the replay protocol, ``docs/protocol.md`` sections 2 to 4
   and bytes, dropping the oldest; ``replay_from`` is the lowest number it can still resend.
 - :class:`Inbound` (the receiving half) counts what arrived and says when a cumulative
   ``ack`` is due (every ``ack_every`` messages or ``ack_delay`` seconds after the first
-  unacknowledged one).
+  unacknowledged one), and when the I/O layer's ack task must wake: only when an ack
+  may be due, never once per message.
 - On resume each half compares its numbers with the peer's handshake headers: what the
   peer lacks is resent, and what cannot be resent is a :class:`Gap`.
 
@@ -29,8 +30,10 @@ send queue and are recorded when they are actually sent, after the resend.
 
 from __future__ import annotations
 
-from collections import deque
+from array import array
+from bisect import bisect_left
 from dataclasses import dataclass
+from typing import cast
 
 from ._outbox import Message
 
@@ -105,6 +108,9 @@ class Outbound:
     message larger than ``max_bytes`` is numbered and sent but not kept, and it takes
     every older unacknowledged message with it.
 
+    Recording costs O(1) and no object beyond the message itself; an ack (or an
+    overflow) releases its whole range in one step, whatever its length.
+
     Args:
         max_messages: Most unacknowledged messages kept (>= 1).
         max_bytes: Most payload bytes kept (>= 1; UTF-8 length for ``str``, as given to
@@ -114,7 +120,20 @@ class Outbound:
         ValueError: A bound is below 1.
     """
 
-    __slots__ = ("_buffer", "_max_bytes", "_max_messages", "acked", "overflowed", "sent", "size")
+    __slots__ = (
+        "_byte_limit",
+        "_count_limit",
+        "_ends",
+        "_head",
+        "_max_bytes",
+        "_max_messages",
+        "_messages",
+        "_released",
+        "_total",
+        "acked",
+        "overflowed",
+        "sent",
+    )
 
     def __init__(self, max_messages: int, max_bytes: int) -> None:
         if max_messages < 1:
@@ -123,26 +142,39 @@ class Outbound:
             raise ValueError(f"max_bytes must be >= 1, not {max_bytes}")
         self._max_messages = max_messages
         self._max_bytes = max_bytes
-        # (message, size) for the numbers replay_from .. sent, oldest first.
-        self._buffer: deque[tuple[Message, int]] = deque()
+        # The buffer is _messages[_head:], oldest first (released slots before _head hold
+        # None until the lists are compacted), and _ends[i] is the session's payload byte
+        # count through _messages[i]. Flat lists, not a (message, size) pair per message:
+        # a range is released with one slice operation, and its bytes are a subtraction.
+        self._messages: list[Message | None] = []
+        self._ends = array("q")
+        self._head = 0
+        self._total = 0  # payload bytes recorded in the session
+        self._released = 0  # of which left the buffer (acknowledged or dropped)
+        # record() checks both bounds with one comparison each.
+        self._count_limit = max_messages  # _head + max_messages
+        self._byte_limit = max_bytes  # _released + max_bytes
         self.sent = 0
         """The number of the last data message sent in this session (0: none yet)."""
         self.acked = 0
         """The highest number the peer acknowledged (by ``ack`` or its resume header)."""
-        self.size = 0
-        """Payload bytes in the replay buffer."""
         self.overflowed = 0
         """Unacknowledged messages dropped so far to stay within the bounds."""
 
     @property
     def count(self) -> int:
         """Messages in the replay buffer."""
-        return len(self._buffer)
+        return len(self._messages) - self._head
+
+    @property
+    def size(self) -> int:
+        """Payload bytes in the replay buffer."""
+        return self._total - self._released
 
     @property
     def replay_from(self) -> int:
         """The lowest number that can still be resent (``sent + 1`` when none can)."""
-        return self.sent - len(self._buffer) + 1
+        return self.sent - len(self._messages) + self._head + 1
 
     def record(self, message: Message, size: int) -> int:
         """Number a data message being sent and keep it for replay.
@@ -154,15 +186,27 @@ class Outbound:
         Returns:
             The message's number in the session.
         """
+        messages = self._messages
+        messages.append(message)
+        total = self._total = self._total + size
+        self._ends.append(total)
         self.sent += 1
-        buffer = self._buffer
-        buffer.append((message, size))
-        self.size += size
-        # A message that alone exceeds max_bytes empties the buffer, itself included:
-        # keeping older ones behind a hole would make them useless for replay.
-        while len(buffer) > self._max_messages or self.size > self._max_bytes:
-            self._release_oldest()
+        if total > self._byte_limit:
+            self._drop_overflow()
+        elif len(messages) > self._count_limit:
+            # One over max_messages: drop the oldest (the common overflow, inlined).
+            head = self._head
+            messages[head] = None
+            self._released = self._ends[head]
+            self._byte_limit = self._released + self._max_bytes
             self.overflowed += 1
+            head += 1
+            if 2 * head >= len(messages):
+                del messages[:head]
+                del self._ends[:head]
+                head = 0
+            self._head = head
+            self._count_limit = head + self._max_messages
         return self.sent
 
     def ack(self, number: int) -> None:
@@ -225,8 +269,8 @@ class Outbound:
 
     def unacked(self) -> list[tuple[int, Message]]:
         """The ``(number, message)`` pairs in the replay buffer, oldest first."""
-        first = self.replay_from
-        return [(first + index, message) for index, (message, _) in enumerate(self._buffer)]
+        kept = cast("list[Message]", self._messages[self._head :])  # no None from _head on
+        return list(enumerate(kept, self.replay_from))
 
     def restart(self) -> list[tuple[int, Message]]:
         """Start a new session after the old one was lost; numbering restarts at 0.
@@ -241,8 +285,10 @@ class Outbound:
             What :meth:`unacked` returned: ``(old number, message)``, oldest first.
         """
         unacked = self.unacked()
-        self._buffer.clear()
-        self.size = 0
+        self._messages.clear()
+        del self._ends[:]
+        self._head = self._total = self._released = 0
+        self._count_limit, self._byte_limit = self._max_messages, self._max_bytes
         self.sent = 0
         self.acked = 0
         return unacked
@@ -250,16 +296,50 @@ class Outbound:
     def _release_through(self, number: int) -> None:
         """Record ``number`` as acknowledged; drop buffered messages ``<= number``."""
         self.acked = number
-        for _ in range(min(len(self._buffer), number - self.replay_from + 1)):
-            self._release_oldest()
+        end = len(self._messages) - (self.sent - number)  # just past message ``number``
+        if end > self._head:
+            self._release_to(end)
 
-    def _release_oldest(self) -> None:
-        _, size = self._buffer.popleft()
-        self.size -= size
+    def _drop_overflow(self) -> None:
+        """Drop the fewest oldest messages that bring the buffer within both bounds."""
+        ends, head, total = self._ends, self._head, self._total
+        end = len(ends) - self._max_messages  # the first kept, by count
+        if total > self._byte_limit:
+            # Keeping messages i+1.. leaves total - ends[i] bytes: the first i where that
+            # is within max_bytes (an oversize last message: none is kept).
+            end = max(end, bisect_left(ends, total - self._max_bytes, head) + 1)
+        self.overflowed += end - head
+        self._release_to(end)
+
+    def _release_to(self, end: int) -> None:
+        """Drop the buffered messages before index ``end`` (at least one), in one slice
+        operation: references go at once, and the lists are compacted once at least
+        half of them is released (amortized O(1) per message, even one at a time)."""
+        messages, head = self._messages, self._head
+        self._released = released = self._ends[end - 1]
+        if 2 * end >= len(messages):
+            del messages[:end]
+            del self._ends[:end]
+            end = 0
+        elif end - head == 1:
+            messages[head] = None
+        else:
+            messages[head:end] = [None] * (end - head)
+        self._head = end
+        self._count_limit = end + self._max_messages
+        self._byte_limit = released + self._max_bytes
 
 
 class Inbound:
     """The receiving half of a session: counting, coalesced acks, resume, session loss.
+
+    An ``ack`` is due once ``ack_every`` messages are unacknowledged, or ``ack_delay``
+    seconds after the first unacknowledged one arrived. The I/O layer's ack task sleeps
+    in between: :meth:`deliver` says when it must wake now, and :meth:`ack_timer` when it
+    must look again at the latest. After an ack the timer stays armed for one
+    ``ack_delay`` (messages arriving meanwhile cannot be due before it fires), so on a
+    link that keeps receiving the task wakes once per ack: not per message, and not a
+    second time to arm a timer for the next one.
 
     Args:
         ack_every: Send an ``ack`` once this many messages are unacknowledged (>= 1).
@@ -270,7 +350,15 @@ class Inbound:
         ValueError: ``ack_every`` below 1 or ``ack_delay`` negative.
     """
 
-    __slots__ = ("_ack_delay", "_ack_every", "_first_unacked_at", "acked", "received")
+    __slots__ = (
+        "_ack_delay",
+        "_ack_every",
+        "_first_unacked_at",
+        "_linger",
+        "_timer",
+        "acked",
+        "received",
+    )
 
     def __init__(self, ack_every: int = 64, ack_delay: float = 0.2) -> None:
         if ack_every < 1:
@@ -279,7 +367,12 @@ class Inbound:
             raise ValueError(f"ack_delay must be >= 0, not {ack_delay}")
         self._ack_every = ack_every
         self._ack_delay = ack_delay
-        self._first_unacked_at: float | None = None
+        # When the first unacknowledged message arrived (meaningless while none is).
+        self._first_unacked_at = 0.0
+        # The ack task's timer as last armed by ack_timer() (None: it sleeps until woken),
+        # and whether an ack was taken since (the timer then stays armed one more delay).
+        self._timer: float | None = None
+        self._linger = False
         self.received = 0
         """How many of the peer's data messages were received (or reported lost) in order."""
         self.acked = 0
@@ -290,32 +383,62 @@ class Inbound:
         """Messages received since the last ``ack``."""
         return self.received - self.acked
 
-    def deliver(self, now: float) -> int:
-        """Count the peer's next data message, which just arrived.
+    def deliver(self, now: float) -> bool:
+        """Count the peer's next data message (its number is then :attr:`received`).
 
         Args:
-            now: The current time, seconds on a monotonic clock.
+            now: When it arrived, seconds on a monotonic clock.
 
         Returns:
-            Its number in the session.
+            Whether the ack task must wake now: an ack is due by count, or this is the
+            first unacknowledged message and no timer is armed (:meth:`ack_timer`)
+            that will look at it in time.
         """
-        if self.received == self.acked:
+        received = self.received = self.received + 1
+        unacked = received - self.acked
+        if unacked == 1:
             self._first_unacked_at = now
-        self.received += 1
-        return self.received
+            return self._timer is None or self._ack_every == 1
+        return unacked == self._ack_every
 
     def ack_deadline(self) -> float | None:
         """When an ``ack`` is due by time, or ``None`` while nothing is unacknowledged."""
-        if self._first_unacked_at is None:
+        if self.received == self.acked:
             return None
         return self._first_unacked_at + self._ack_delay
 
     def ack_due(self, now: float) -> bool:
         """Whether an ``ack`` should be sent now (by count or by time)."""
-        if self.unacked >= self._ack_every:
+        unacked = self.received - self.acked
+        if unacked >= self._ack_every:
             return True
-        deadline = self.ack_deadline()
-        return deadline is not None and now >= deadline
+        return unacked > 0 and now >= self._first_unacked_at + self._ack_delay
+
+    def ack_timer(self, now: float) -> float | None:
+        """Arm the ack task's timer: when it must look again, at the latest.
+
+        Call it after acting on :meth:`ack_due`, before the task sleeps.
+
+        Returns:
+            With messages unacknowledged, when the first one is due by time. Right after
+            an ack, ``now + ack_delay``: whatever arrives before then is due no earlier,
+            so :meth:`deliver` need not wake the task for it. Otherwise ``None``: sleep
+            until :meth:`deliver` says to wake. A timer armed earlier that has not fired
+            yet is kept when it is sooner (it still looks in time), so that a busy link
+            does not move its timer at every ack.
+        """
+        if self.received != self.acked:
+            timer: float | None = self._first_unacked_at + self._ack_delay
+        elif self._linger:
+            timer = now + self._ack_delay
+        else:
+            timer = None
+        armed = self._timer
+        if timer is not None and armed is not None and now < armed < timer:
+            timer = armed
+        self._linger = False
+        self._timer = timer
+        return timer
 
     def take_ack(self) -> int:
         """The ``ack`` value to send now; it counts as sent.
@@ -324,6 +447,7 @@ class Inbound:
         nothing is unacknowledged repeats the previous value, which the peer accepts.
         """
         self._acknowledge()
+        self._linger = True
         return self.received
 
     def resume(self, peer_replay_from: int) -> Gap | None:
@@ -352,6 +476,7 @@ class Inbound:
             gap = Gap(self.received + 1, peer_replay_from - 1)
             self.received = peer_replay_from - 1
         self._acknowledge()
+        self._new_link()
         return gap
 
     def lost(self) -> Gap:
@@ -363,8 +488,13 @@ class Inbound:
         gap = Gap(self.received + 1, None)
         self.received = 0
         self._acknowledge()
+        self._new_link()
         return gap
 
     def _acknowledge(self) -> None:
         self.acked = self.received
-        self._first_unacked_at = None
+
+    def _new_link(self) -> None:
+        """A resume or a new session: the next link's ack task arms its own timer."""
+        self._timer = None
+        self._linger = False

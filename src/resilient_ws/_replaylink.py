@@ -7,9 +7,14 @@ session's bookkeeping is the pure :class:`~resilient_ws._replay.Outbound` and
 
 - the connection's frame hook (``_backend._Recording``) hands it every control message,
   and it applies the peer's ``ack``;
-- :meth:`ReplayLink.delivered` counts a data message the application received;
-- :meth:`ReplayLink.run` sends our coalesced ``ack`` when due, and closes the link with
-  4001/4002 when the peer broke the protocol.
+- :meth:`ReplayLink.delivered` counts a data message the application received (and on
+  asyncio writes an ``ack`` due by count at once);
+- :meth:`ReplayLink.run` sends our coalesced ``ack`` when due by time (and on trio by
+  count), and closes the link with 4001/4002 when the peer broke the protocol.
+
+Nothing here costs more than O(1) per message: acks release their whole range at once
+(:class:`~resilient_ws._replay.Outbound`), and the ack task wakes only when an ack may be
+due, never per message.
 
 When a link ends it is *retired*: the session moves to the next link, and messages the old
 link still buffered are not delivered (the peer resends them on the next link, because we
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -34,6 +40,9 @@ from ._replay import Inbound, Outbound, ProtocolViolation
 
 __all__ = ["ReplayLink"]
 
+# An overflow mark no count reaches: the overflow of this link was logged.
+_NEVER = sys.maxsize
+
 
 class ReplayLink:
     """The replay protocol on one link.
@@ -42,18 +51,18 @@ class ReplayLink:
         raw: The websockets connection; it negotiated the replay subprotocol.
         outbound: The session's sending half.
         inbound: The session's receiving half.
-        ack_every: Wake the ack task as soon as this many messages are unacknowledged.
+        ack_every: Ignored (``inbound`` has its own); accepted for older callers.
         log_fields: Fields added to this link's log events (``connection_id``,
             ``session_id``...).
     """
 
     __slots__ = (
-        "_ack_every",
         "_inbound",
         "_log_fields",
         "_outbound",
-        "_overflow_logged",
+        "_overflow_mark",
         "_wake",
+        "_write_now",
         "raw",
         "retired",
         "violation",
@@ -65,16 +74,18 @@ class ReplayLink:
         outbound: Outbound,
         inbound: Inbound,
         *,
-        ack_every: int,
+        ack_every: int | None = None,
         log_fields: Mapping[str, Any],
     ) -> None:
+        del ack_every  # the inbound half's own setting decides (Inbound.deliver)
         self.raw = raw
         self._outbound = outbound
         self._inbound = inbound
-        self._ack_every = ack_every
         self._log_fields = dict(log_fields)
         self._wake = anyio.Event()
-        self._overflow_logged = False
+        self._write_now = not _backend.is_trio()  # see wake()
+        # Overflow is logged once per link: when the count passes this mark.
+        self._overflow_mark = outbound.overflowed
         self.retired = False
         """The session moved on: messages still read from this link are not delivered."""
         self.violation: ProtocolViolation | None = None
@@ -90,10 +101,11 @@ class ReplayLink:
         exact gap, when it resumes.
         """
         outbound = self._outbound
-        overflowed = outbound.overflowed
-        number = outbound.record(message, payload_size(message) if size is None else size)
-        if outbound.overflowed != overflowed and not self._overflow_logged:
-            self._overflow_logged = True  # once per link
+        if size is None:
+            size = len(message) if type(message) is bytes else payload_size(message)
+        number = outbound.record(message, size)
+        if outbound.overflowed > self._overflow_mark:
+            self._overflow_mark = _NEVER  # once per link
             log("replay_overflowed", logging.WARNING, **self._log_fields,
                 dropped_through=outbound.replay_from - 1)  # fmt: skip
         return number
@@ -102,13 +114,23 @@ class ReplayLink:
         """Count a data message of this link that the application received; its number."""
         inbound = self._inbound
         # The frame hook stamped the arrival: cheaper than reading the clock again.
-        number = inbound.deliver(self.raw.last_inbound)
-        unacked = number - inbound.acked
-        # The ack task sleeps until the first unacknowledged message arms its timer, or
-        # until enough of them are due by count.
-        if unacked == 1 or unacked == self._ack_every:
+        if inbound.deliver(self.raw.last_inbound):
+            self.wake()
+        return inbound.received
+
+    def wake(self) -> None:
+        """:meth:`Inbound.deliver` said the ack task must look (for callers that count
+        deliveries on the session's :class:`Inbound` themselves).
+
+        On asyncio an ack due now is written at once instead, into the transport's
+        buffer: a busy link then acknowledges without a task switch. (trio's writes
+        wait for the socket: there the task sends it.)
+        """
+        inbound = self._inbound
+        if self._write_now and inbound.ack_due(self.raw.last_inbound):
+            _backend.pong_nowait(self.raw, encode_ack(inbound.take_ack()))
+        else:
             self._wake.set()
-        return number
 
     def retire(self) -> None:
         """The link ended (or was taken over): deliver nothing more from it."""
@@ -116,18 +138,46 @@ class ReplayLink:
         self._wake.set()
 
     async def run(self) -> None:
-        """Send acks when due, until the link closes; close it on a protocol violation."""
+        """Send acks when due, until the link closes; close it on a protocol violation.
+
+        The task sleeps until :meth:`wake` wakes it (a message arrived that no timer
+        covers; on trio also an ack due by count, which asyncio writes in :meth:`wake`
+        itself) or until the timer :meth:`Inbound.ack_timer` armed. On a busy link it
+        so wakes once per ack on trio, and on asyncio only when the timer fires (at most
+        once per ``ack_delay``). The timer is the deadline of a cancel scope kept across
+        wakes, not a new scope per wait: a new one is needed only after one expired.
+        """
+        # An expiring timer must not cancel an ack halfway: on trio a cancelled write can
+        # leave half a frame on the wire. (asyncio writes the frame before any await.)
+        guard = _backend.is_trio()
+        done = False
+        while not done:
+            with anyio.CancelScope() as timer:
+                done = await self._serve(timer, guard)
+        if self.violation is not None:
+            await self._close_for(self.violation)
+
+    async def _serve(self, timer: anyio.CancelScope, guard: bool) -> bool:
+        """Acknowledge and sleep inside ``timer``; ``True`` once the task is done (the
+        link retired or closed, or the peer broke the protocol). Returns only then:
+        otherwise ``timer`` expires, cancelling the sleep. ``guard``: lift the deadline
+        while an ack is written."""
         inbound = self._inbound
-        while not self.retired:
+        while not self.retired and self.violation is None:
+            # A fresh event before looking: a wake during the ack below is not lost.
             wake = self._wake = anyio.Event()
-            if self.violation is not None:
-                await self._close_for(self.violation)
-                return
-            if inbound.ack_due(anyio.current_time()) and not await self.send_ack():
-                return
-            deadline = inbound.ack_deadline()
-            with anyio.CancelScope(deadline=math.inf if deadline is None else deadline):
-                await wake.wait()
+            now = anyio.current_time()
+            if inbound.ack_due(now):
+                if guard:
+                    timer.deadline = math.inf
+                if not await self.send_ack():
+                    return True
+            deadline = inbound.ack_timer(now)
+            deadline = math.inf if deadline is None else deadline
+            if timer.deadline != deadline:
+                timer.deadline = deadline
+            await wake.wait()
+        return True
 
     async def send_ack(self) -> bool:
         """Acknowledge every message delivered so far; ``False`` if the link is closed."""

@@ -17,6 +17,7 @@ A session is in one of three link states:
 from __future__ import annotations
 
 import logging
+import sys
 from collections import deque
 from typing import Any, Literal
 
@@ -64,7 +65,6 @@ class ServerSession(MessageIterator):
         self.replay = policy is not None
         self.request = request
         policy = policy or Replay()
-        self._policy = policy
         self.outbound = Outbound(policy.max_messages, policy.max_bytes)
         self.inbound = Inbound(policy.ack_every, policy.ack_delay)
         self._raw: RawLink | None = None
@@ -75,7 +75,8 @@ class ServerSession(MessageIterator):
         self._changed = Signal()
         self._receiving = False
         self._gaps: deque[Gap] = deque(maxlen=_MAX_GAPS)
-        self._overflow_logged = False
+        # Overflow is logged once per link or absence: when the count passes this mark.
+        self._overflow_mark = 0
         self.links = 0
         """Links the session has had."""
         self.resent = 0
@@ -126,7 +127,11 @@ class ServerSession(MessageIterator):
                 # Over, but recv() may still return what the client sent before it left.
                 raise self._ending(raw) from exc
             return
-        self._record(message)
+        outbound = self.outbound
+        # payload_size() inlined for bytes: this is the one per-message call of replay.
+        outbound.record(message, len(message) if type(message) is bytes else payload_size(message))
+        if outbound.overflowed > self._overflow_mark:
+            self._overflowed()
         if raw is not None:
             try:  # noqa: SIM105 - suppress() would cost an object per message
                 await raw.send(message)
@@ -171,7 +176,9 @@ class ServerSession(MessageIterator):
             if link is not None:
                 if link.retired:
                     continue  # not acknowledged: the client resends it
-                link.delivered()
+                # ReplayLink.delivered() inlined: one call per message, not two.
+                if self.inbound.deliver(raw.last_inbound):
+                    link.wake()
             return message
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
@@ -183,16 +190,12 @@ class ServerSession(MessageIterator):
                 await self._link.send_ack()
             await _backend.close_link(raw, code, reason)
 
-    def _record(self, message: Message) -> None:
-        outbound = self.outbound
-        overflowed = outbound.overflowed
-        outbound.record(message, payload_size(message))
+    def _overflowed(self) -> None:
         # Unacknowledged messages were dropped: the client gets a Gap if it lacks them
         # when it resumes; say so here too, once per link or absence.
-        if outbound.overflowed != overflowed and not self._overflow_logged:
-            self._overflow_logged = True
-            log("replay_overflowed", logging.WARNING, session_id=self.id,
-                dropped_through=outbound.replay_from - 1)  # fmt: skip
+        self._overflow_mark = sys.maxsize
+        log("replay_overflowed", logging.WARNING, session_id=self.id,
+            dropped_through=self.outbound.replay_from - 1)  # fmt: skip
 
     # ---- driven by the server ------------------------------------------------------------
 
@@ -246,13 +249,7 @@ class ServerSession(MessageIterator):
             return None
         if resuming is not None and self._resuming is not resuming:
             raise LinkClosed(TAKEN_OVER, "superseded by a newer resume")
-        link = ReplayLink(
-            raw,
-            self.outbound,
-            self.inbound,
-            ack_every=self._policy.ack_every,
-            log_fields={"session_id": self.id},
-        )
+        link = ReplayLink(raw, self.outbound, self.inbound, log_fields={"session_id": self.id})
         resend = self.outbound.unacked()
         try:
             for _, message in resend:
@@ -262,7 +259,7 @@ class ServerSession(MessageIterator):
             self.abandon_grant(resuming)
             raise _backend.link_closed_error(raw) from None
         self.resent += len(resend)
-        self._overflow_logged = False
+        self._overflow_mark = self.outbound.overflowed
         self._raw, self._link, self._resuming = raw, link, None
         self._changed.notify()
         return link
@@ -320,4 +317,3 @@ class ServerSession(MessageIterator):
         if error.code in (1000, 1001):
             return ConnectionClosedOK("the client closed the connection")
         return ConnectionFailed(f"the connection failed: {error}", error)
-
