@@ -5,6 +5,11 @@ sends pings. Every decision comes from the pure :class:`~resilient_ws._liveness.
 The socket's TCP state is read once each time the task wakes anyway (about once per
 ``Keepalive.idle`` on a busy link): its RTT keeps the estimate current on every link, and
 while a probe is overdue it is the evidence for the verdict.
+
+Where the kernel keeps watch (TCP keepalive set on the socket), a quiet link parks the task
+until the next message either way (the connection's ``waker``) or ``quiet_interval``. Each
+probe carries its number; the connection's frame hook hands over pongs (``on_pong``), so no
+task waits per probe.
 """
 
 from __future__ import annotations

@@ -18,6 +18,9 @@ clock or touches a socket.
 - An overdue pong is diagnosed from evidence (:func:`diagnose`) instead of closing at once,
   and diagnosed again on every poll while it stays overdue: the verdict follows the newest
   evidence, so a link judged stalled whose newer bytes then go unacknowledged is dead.
+- Where the kernel watches the path (TCP keepalive), a quiet link, one with no message
+  either way since its last answered probe and nothing unacknowledged, is probed only every
+  ``quiet`` seconds: the kernel catches a dead path, and a message makes it worth a probe.
 """
 
 from __future__ import annotations
