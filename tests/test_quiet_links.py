@@ -179,6 +179,20 @@ async def test_serve_beacons_answer_probes_not_the_clock() -> None:
                         break
             # websockets' pong, then the beacon that answers the probe (both pongs).
             assert pongs.index(b"abcd") < len(pongs) - 1
+            first = decode_beacon(pongs[-1])
+            assert first is not None
+            # A second probe, past the 0.1 s spacing: the client knows the lag already,
+            # so only its pong comes back, unless the lag changed band meanwhile.
+            await anyio.sleep(0.2)
+            await stream.send(PING)
+            answer = await receive_for(stream, 1.0)
+            pongs = [data for opcode, data in frames(answer) if opcode == 0xA]
+            assert b"abcd" in pongs
+            later = [decode_beacon(data) for data in pongs if data != b"abcd"]
+            bands = [lag_band(beacon.lag) for beacon in [first, *later] if beacon is not None]
+            assert len(bands) == 1 + len(later)
+            # Each beacon to a link says something the one before did not.
+            assert all(before != after for before, after in itertools.pairwise(bands))
 
 
 async def test_serve_under_plain_asyncio_run_answers_probes_with_beacons() -> None:

@@ -150,6 +150,7 @@ class _Recording:
     last_beacon: Beacon | None = None
     control: ControlHandler | None = None
     beacon_at = -math.inf  # when serve() last answered a probe with a beacon
+    beacon_state: object = None  # what serve()'s last beacon to this link said, in short
 
     def _now(self) -> float:
         raise NotImplementedError

@@ -487,12 +487,22 @@ class Server:
 
     def _answer_probe(self, connection: Any) -> None:
         """A client's probe is answered (websockets sent the pong): add a beacon, so that
-        the client learns the server's lag with every probe; at most one per
+        the client learns the server's lag with every probe. Not when the link's last
+        beacon said the same (lag band and stall): the client knows it already (a quiet
+        link's probe every 15 s, on thousands of links). At most one per
         ``_BEACON_SPACING`` on a link, so a flood of pings is not answered twice."""
         now = connection.last_inbound
-        if now - connection.beacon_at >= _BEACON_SPACING:
-            connection.beacon_at = now
+        if now - connection.beacon_at < _BEACON_SPACING:
+            return
+        state = self._beacon_state()
+        if state != connection.beacon_state:
+            connection.beacon_at, connection.beacon_state = now, state
             self._send_beacon(connection, self._beacon())
+
+    def _beacon_state(self) -> tuple[int, object]:
+        """What a beacon says, in short: the lag band and the last stall."""
+        stall = None if self.watchdog is None else self.watchdog.last_stall
+        return _lag_band(self.monitor.current), stall
 
     def _send_beacon(self, connection: Any, data: bytes) -> None:
         if self._trio:
@@ -503,17 +513,16 @@ class Server:
     async def _broadcast_beacons(self, interval: float) -> None:
         """Send every link a beacon when the loop's lag changed band or after a stall,
         at most once per ``interval``; each probe of a client is also answered with one."""
-        sent_band = _lag_band(self.monitor.current)
-        sent_stall = None if self.watchdog is None else self.watchdog.last_stall
+        sent = self._beacon_state()
         while True:
             await anyio.sleep(interval)
-            band = _lag_band(self.monitor.current)
-            stall = None if self.watchdog is None else self.watchdog.last_stall
-            if band == sent_band and stall is sent_stall:
+            state = self._beacon_state()
+            if state == sent:
                 continue
-            sent_band, sent_stall = band, stall
+            sent = state
             data = self._beacon()
             for connection in list(self._links):
+                connection.beacon_state = state
                 self._send_beacon(connection, data)
 
 
