@@ -96,6 +96,9 @@ class RawLink(Protocol):
     def last_inbound(self) -> float:
         """Event-loop time of the last frame received (set by our connection subclasses)."""
     @property
+    def last_data(self) -> float:
+        """Event-loop time of the last message frame received or sent."""
+    @property
     def last_beacon(self) -> Beacon | None:
         """The peer's last lag beacon, if it sends them."""
     @property

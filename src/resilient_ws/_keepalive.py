@@ -15,7 +15,6 @@ task waits per probe.
 from __future__ import annotations
 
 import logging
-import math
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -251,8 +250,9 @@ class LinkKeepalive:
             # current state (an old loss must not keep its RTT out forever).
             since = self._retrans_at_probe if self.liveness.probing else info.total_retrans
             tcp = _TcpView.of(info, since)
-        last_data: float = getattr(self._raw, "last_data", -math.inf)
-        return Evidence(own_lag=own_lag, tcp=tcp, peer_lag=self.peer_lag, last_data=last_data)
+        return Evidence(
+            own_lag=own_lag, tcp=tcp, peer_lag=self.peer_lag, last_data=self._raw.last_data
+        )
 
     @property
     def peer_lag(self) -> float | None:

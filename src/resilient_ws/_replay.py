@@ -194,19 +194,9 @@ class Outbound:
         if total > self._byte_limit:
             self._drop_overflow()
         elif len(messages) > self._count_limit:
-            # One over max_messages: drop the oldest (the common overflow, inlined).
-            head = self._head
-            messages[head] = None
-            self._released = self._ends[head]
-            self._byte_limit = self._released + self._max_bytes
+            # One over max_messages (the common overflow): drop the oldest.
             self.overflowed += 1
-            head += 1
-            if 2 * head >= len(messages):
-                del messages[:head]
-                del self._ends[:head]
-                head = 0
-            self._head = head
-            self._count_limit = head + self._max_messages
+            self._release_to(self._head + 1)
         return self.sent
 
     def ack(self, number: int) -> None:

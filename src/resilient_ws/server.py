@@ -41,7 +41,7 @@ import anyio.abc
 
 from . import _backend, _taskgroup
 from ._keepalive import LinkKeepalive
-from ._lag import LoopLagMonitor, StallWatchdog
+from ._lag import LoopLagMonitor, Stall, StallWatchdog
 from ._logging import log
 from ._protocol import (
     SUBPROTOCOL,
@@ -476,8 +476,11 @@ class Server:
             )
             tasks.start_soon(keepalive.run)
 
+    def _last_stall(self) -> Stall | None:
+        return None if self.watchdog is None else self.watchdog.last_stall
+
     def _beacon(self) -> bytes:
-        last = None if self.watchdog is None else self.watchdog.last_stall
+        last = self._last_stall()
         beacon = Beacon(
             lag=self.monitor.current,
             max_lag=self.monitor.max,
@@ -501,8 +504,7 @@ class Server:
 
     def _beacon_state(self) -> tuple[int, object]:
         """What a beacon says, in short: the lag band and the last stall."""
-        stall = None if self.watchdog is None else self.watchdog.last_stall
-        return _lag_band(self.monitor.current), stall
+        return _lag_band(self.monitor.current), self._last_stall()
 
     def _send_beacon(self, connection: Any, data: bytes) -> None:
         if self._trio:
