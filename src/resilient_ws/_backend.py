@@ -139,21 +139,30 @@ class _Recording:
     inbound frame is proof of life), keeps the last lag beacon from the peer, and hands
     control messages to :attr:`control` on replay links."""
 
-    last_inbound = 0.0
+    # Slots of the classes connection_class() builds (no per-link dict growth), set here.
+    last_inbound: float
     # When the last message frame arrived or was sent, and what to call at the next one
     # (a keepalive that parked a quiet link; called once, then cleared).
-    last_data = -math.inf
-    waker: Callable[[], None] | None = None
+    last_data: float
+    waker: Callable[[], None] | None
     # Called with the link after each ping is processed (and answered): serve() answers
     # probes with a lag beacon.
-    on_ping: Callable[[Any], None] | None = None
+    on_ping: Callable[[Any], None] | None
     # Called with the payload and arrival time of each pong that is not a control
     # message: the keepalive matches its probes' pongs.
-    on_pong: Callable[[bytes, float], None] | None = None
-    last_beacon: Beacon | None = None
-    control: ControlHandler | None = None
-    beacon_at = -math.inf  # when serve() last answered a probe with a beacon
-    beacon_state: object = None  # what serve()'s last beacon to this link said, in short
+    on_pong: Callable[[bytes, float], None] | None
+    last_beacon: Beacon | None
+    control: ControlHandler | None
+    beacon_at: float  # when serve() last answered a probe with a beacon
+    beacon_state: object  # what serve()'s last beacon to this link said, in short
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.last_inbound = 0.0
+        self.last_data = self.beacon_at = -math.inf
+        self.waker = self.on_ping = self.on_pong = None
+        self.last_beacon = self.control = None
+        self.beacon_state = None
+        super().__init__(*args, **kwargs)
 
     def _now(self) -> float:
         raise NotImplementedError
@@ -210,17 +219,19 @@ class _Counting:
     server's TCP never acknowledged. (Servers need neither.)
     """
 
-    bytes_written = 0
+    bytes_written: int
     # The last TCP_INFO sample before the socket closed; bytes_written at that moment,
     # and the offset up to which the kernel had transmitted them (None: unknown).
-    end_info: _tcpinfo.TcpInfo | None = None
-    end_written = 0
-    end_transmitted: int | None = None
+    end_info: _tcpinfo.TcpInfo | None
+    end_written: int
+    end_transmitted: int | None
     # Whether abort_link found nothing unsent or unacknowledged anywhere, user space
     # included (None: it did not look, or could not tell).
-    end_drained: bool | None = None
+    end_drained: bool | None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.bytes_written = self.end_written = 0
+        self.end_info = self.end_transmitted = self.end_drained = None
         super().__init__(*args, **kwargs)
         # Both websockets connections write exactly what data_to_send() returns, and
         # nothing else: counting there makes each frame's end offset exact, handshake
@@ -301,10 +312,18 @@ def connection_class(side: Literal["client", "server"], trio: bool) -> type[Any]
         now = _asyncio_now
     if side == "server":
         base = module.server.ServerConnection
-        return type(f"Recording{base.__name__}", (_Recording, base), {"_now": now})
+        slots = {"_now": now, "__slots__": _RECORDING_SLOTS}
+        return type(f"Recording{base.__name__}", (_Recording, base), slots)
     base = module.client.ClientConnection
     end = _TrioEnd if trio else _AsyncioEnd
-    return type(f"Recording{base.__name__}", (_Counting, _Recording, end, base), {"_now": now})
+    slots = {"_now": now, "__slots__": _RECORDING_SLOTS + _COUNTING_SLOTS}
+    return type(f"Recording{base.__name__}", (_Counting, _Recording, end, base), slots)
+
+
+# The attributes of _Recording and _Counting: slots, so that thousands of links do not
+# each grow websockets' instance dict (a dict resize per link: ~1.6 KiB).
+_RECORDING_SLOTS = tuple(_Recording.__annotations__)
+_COUNTING_SLOTS = tuple(_Counting.__annotations__)
 
 
 def is_trio() -> bool:
