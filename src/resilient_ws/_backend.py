@@ -67,6 +67,7 @@ __all__ = [
     "ping",
     "pong",
     "send_ping",
+    "ping_nowait",
     "pong_nowait",
     "timed_out",
     "translate",
@@ -490,6 +491,14 @@ def pong_nowait(raw: Any, data: bytes) -> None:
     :func:`pong` in a task). Nothing is sent on a link that is not open."""
     if raw.protocol.state is _OPEN:
         raw.protocol.send_pong(data)
+        raw.send_data()
+
+
+def ping_nowait(raw: Any, data: bytes) -> None:
+    """Send a ping carrying ``data`` now, without waiting, as :func:`pong_nowait` sends a
+    pong (asyncio only). Its pong is watched through the connection's ``on_pong``."""
+    if raw.protocol.state is _OPEN:
+        raw.protocol.send_ping(data)
         raw.send_data()
 
 

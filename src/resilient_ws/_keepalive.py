@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import struct
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,7 @@ from ._backend import RawLink
 from ._lag import LoopLagMonitor
 from ._liveness import Abort, Diagnosis, Evidence, Liveness, Probe, Verdict
 from ._logging import log
+from ._timers import Timer, Timers
 from .config import Keepalive
 from .events import Event, PeerRecovered, PeerStalled
 
@@ -83,7 +85,12 @@ _PROBE = struct.Struct("!I")
 
 
 class LinkKeepalive:
-    """Keeps one link under watch until it aborts it or is cancelled."""
+    """Keeps one link under watch until it aborts it or is stopped.
+
+    Driven by the event loop's shared :class:`~resilient_ws._timers.Timers`, not by a
+    task: :meth:`start` it on a link (serve() does), or ``await`` :meth:`run`, which
+    starts it and returns the diagnosis once it gave up (the client does).
+    """
 
     def __init__(
         self,
@@ -112,74 +119,106 @@ class LinkKeepalive:
         """The kernel's TCP keepalive watches the link's path (see :class:`Keepalive`)."""
         if quiet is None:
             quiet = policy.quiet_interval
-        self.liveness = Liveness(
-            policy, anyio.current_time(), quiet=quiet if self.kernel else None
-        )
+        self._timers = Timers.current()
+        self._now = self._timers.now
+        self._trio = _backend.is_trio()
+        self.liveness = Liveness(policy, self._now(), quiet=quiet if self.kernel else None)
         self._retrans_at_probe = 0
         self._announced_stall = False
-        self._sleeping: anyio.CancelScope | None = None
         self._probes = 0
         # The outstanding probe, and when its pong arrived (set by the pong's callback).
         self._outstanding: _Probe | None = None
         self._pong_at: float | None = None
+        # The pending wake: when, and its timer (None: stopped, or deciding now).
+        self._until = 0.0
+        self._timer: Timer | None = None
+        self._seen = raw.last_inbound
+        self._own_lag = 0.0
+        self._stopped = False
+        self._done: anyio.Event | None = None
+        self.diagnosis: Diagnosis | None = None
+        """Why it gave up and aborted the link, once it did."""
 
     async def run(self) -> Diagnosis:
         """Watch the link; abort it and return the diagnosis when liveness gives up."""
+        done = self._done = anyio.Event()
+        self.start()
+        try:
+            await done.wait()
+        finally:
+            self.stop()
+        assert self.diagnosis is not None
+        return self.diagnosis
+
+    def start(self) -> None:
+        """Start watching; it stops by itself once it aborted the link."""
         raw: Any = self._raw
         raw.on_pong = self._on_pong
-        try:
-            diagnosis = await self._watch()
-        finally:
-            raw.on_pong = None
-        self._gave_up(diagnosis)
-        _backend.abort_link(self._raw)
-        return diagnosis
+        self._decide(self._now())
 
-    async def _watch(self) -> Diagnosis:
+    def stop(self) -> None:
+        """Stop watching (the link ended). Idempotent."""
+        self._stopped = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        raw: Any = self._raw
+        raw.on_pong = raw.waker = None
+
+    def _decide(self, now: float) -> None:
+        """Take the evidence, act on the decision, and set the timer of the next one."""
         liveness = self.liveness
-        seen = self._raw.last_inbound
-        own_lag = 0.0
-        while True:
+        while not self._stopped:
             if self._pong_at is not None:
                 self._took_pong(self._pong_at)
                 self._pong_at = None
-            if self._raw.last_inbound > seen:
-                seen = self._raw.last_inbound
-                self._proof_of_life(liveness.inbound(seen))
-            now = anyio.current_time()
-            decision = liveness.poll(now, self._evidence(own_lag))
+            if self._raw.last_inbound > self._seen:
+                self._seen = self._raw.last_inbound
+                self._proof_of_life(liveness.inbound(self._seen))
+            decision = liveness.poll(now, self._evidence(self._own_lag))
             if isinstance(decision, Abort):
-                return decision.diagnosis
+                self._give_up(decision.diagnosis)
+                return
             if isinstance(decision, Probe):
-                await self._probe(now)
-                own_lag = 0.0
+                self._probe(now)
+                self._own_lag = 0.0
+                now = self._now()
                 continue
             self._maybe_announce_stall(decision.diagnosis)
             # The pong ends the wait early; so does any message on a quiet link, or from a
             # peer judged stalled (its recovery is noticed at its first frame).
-            traffic = liveness.parked or self._announced_stall
-            if await self._sleep(decision.until, traffic=traffic):
-                continue
-            # Waking late means our own loop was blocked: evidence against ourselves.
-            own_lag = max(own_lag, anyio.current_time() - decision.until)
+            raw: Any = self._raw
+            raw.waker = self._wake if liveness.parked or self._announced_stall else None
+            self._until = decision.until
+            self._timer = self._timers.call_at(decision.until, self._due)
+            return
 
-    async def _sleep(self, until: float, *, traffic: bool) -> bool:
-        """Sleep until ``until``, the pong of the outstanding probe, or (with ``traffic``)
-        the next message on the link; whether it was woken early."""
-        raw: Any = self._raw
-        with anyio.CancelScope(deadline=until) as self._sleeping:
-            if traffic:
-                raw.waker = self._wake
-            try:
-                await anyio.sleep_forever()
-            finally:
-                raw.waker = None
-        self._sleeping = None
-        return anyio.current_time() < until
+    def _due(self) -> None:
+        """The timer fired. Firing late means our own loop was blocked: evidence
+        against ourselves."""
+        self._timer = None
+        now = self._now()
+        self._own_lag = max(self._own_lag, now - self._until)
+        self._decide(now)
 
     def _wake(self) -> None:
-        if self._sleeping is not None:
-            self._sleeping.cancel()
+        """Decide now, not at the timer (a pong, or traffic on a parked link). Called from
+        websockets' frame hook: the decision runs from the timers, not inside it."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = self._timers.call_at(self._now(), self._woken)
+
+    def _woken(self) -> None:
+        self._timer = None
+        self._decide(self._now())
+
+    def _give_up(self, diagnosis: Diagnosis) -> None:
+        self.diagnosis = diagnosis
+        self.stop()
+        self._gave_up(diagnosis)
+        _backend.abort_link(self._raw)
+        if self._done is not None:
+            self._done.set()
 
     def _on_pong(self, data: bytes, at: float) -> None:
         """websockets' connection saw a pong (a protocol callback: no task, no anyio)."""
@@ -187,7 +226,7 @@ class LinkKeepalive:
             self._pong_at = at
             self._wake()
 
-    async def _probe(self, now: float) -> None:
+    def _probe(self, now: float) -> None:
         info = self.tcp_info()
         self._retrans_at_probe = info.total_retrans if info is not None else 0
         self._ticks_at_probe = 0 if self._monitor is None else self._monitor.ticks
@@ -201,10 +240,10 @@ class LinkKeepalive:
             ticks=self._ticks_at_probe,
         )
         self.liveness.probe_sent(now)
-        try:
-            await _backend.send_ping(self._raw, probe.data)
-        except _backend.ConnectionClosed:
-            return  # the supervisor sees the link end
+        if self._trio:  # trio's writes wait for the socket
+            self._timers.spawn(_ping_quietly, self._raw, probe.data)
+        else:
+            _backend.ping_nowait(self._raw, probe.data)
 
     def _took_pong(self, answered: float) -> None:
         probe, self._outstanding = self._outstanding, None
@@ -231,7 +270,7 @@ class LinkKeepalive:
         # been recorded: count how overdue that tick is now.
         overdue = 0.0
         if monitor.last_tick is not None:
-            overdue = anyio.current_time() - monitor.last_tick - monitor.interval
+            overdue = self._now() - monitor.last_tick - monitor.interval
         return max(sampled, overdue)
 
     def tcp_info(self) -> _tcpinfo.TcpInfo | None:
@@ -271,7 +310,7 @@ class LinkKeepalive:
             return
         self._announced_stall = True
         self._emit(
-            PeerStalled(at=anyio.current_time(), url=self._url, evidence=diagnosis.evidence)
+            PeerStalled(at=self._now(), url=self._url, evidence=diagnosis.evidence)
         )
         log(
             "peer_stalled",
@@ -286,7 +325,7 @@ class LinkKeepalive:
         if stalled_for is None or not self._announced_stall:
             return
         self._announced_stall = False
-        self._emit(PeerRecovered(at=anyio.current_time(), url=self._url, stalled_for=stalled_for))
+        self._emit(PeerRecovered(at=self._now(), url=self._url, stalled_for=stalled_for))
         log(
             "peer_recovered",
             connection_id=self._connection_id,
@@ -305,3 +344,8 @@ class LinkKeepalive:
             timeout=self.liveness.timeout,
             srtt=self.liveness.rtt.srtt,
         )
+
+
+async def _ping_quietly(raw: RawLink, data: bytes) -> None:
+    with suppress(_backend.ConnectionClosed):
+        await _backend.send_ping(raw, data)

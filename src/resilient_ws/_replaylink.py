@@ -7,14 +7,14 @@ session's bookkeeping is the pure :class:`~resilient_ws._replay.Outbound` and
 
 - the connection's frame hook (``_backend._Recording``) hands it every control message,
   and it applies the peer's ``ack``;
-- :meth:`ReplayLink.delivered` counts a data message the application received (and on
-  asyncio writes an ``ack`` due by count at once);
-- :meth:`ReplayLink.run` sends our coalesced ``ack`` when due by time (and on trio by
-  count), and closes the link with 4001/4002 when the peer broke the protocol.
+- :meth:`ReplayLink.delivered` counts a data message the application received, and sends
+  our coalesced ``ack`` when due by count (at once on asyncio, from a task on trio) or
+  sets the loop's shared timer (:mod:`~resilient_ws._timers`) for when it is due by time;
+- a peer that broke the protocol gets its link closed with 4001/4002.
 
 Nothing here costs more than O(1) per message: acks release their whole range at once
-(:class:`~resilient_ws._replay.Outbound`), and the ack task wakes only when an ack may be
-due, never per message.
+(:class:`~resilient_ws._replay.Outbound`), and the ack timer is set only when an ack may
+fall due, never per message. A link has no task of its own.
 
 When a link ends it is *retired*: the session moves to the next link, and messages the old
 link still buffered are not delivered (the peer resends them on the next link, because we
@@ -24,12 +24,9 @@ never acknowledged them).
 from __future__ import annotations
 
 import logging
-import math
 import sys
 from collections.abc import Mapping
 from typing import Any
-
-import anyio
 
 from . import _backend
 from ._backend import RawLink
@@ -37,6 +34,7 @@ from ._logging import log
 from ._outbox import Message, payload_size
 from ._protocol import ControlError, ack_of, encode_ack
 from ._replay import Inbound, Outbound, ProtocolViolation
+from ._timers import Timer, Timers
 
 __all__ = ["ReplayLink"]
 
@@ -57,12 +55,15 @@ class ReplayLink:
     """
 
     __slots__ = (
+        "_deadline",
         "_inbound",
         "_log_fields",
         "_outbound",
         "_overflow_mark",
-        "_wake",
-        "_write_now",
+        "_sending",
+        "_timer",
+        "_timers",
+        "_trio",
         "raw",
         "retired",
         "violation",
@@ -82,8 +83,12 @@ class ReplayLink:
         self._outbound = outbound
         self._inbound = inbound
         self._log_fields = dict(log_fields)
-        self._wake = anyio.Event()
-        self._write_now = not _backend.is_trio()  # see wake()
+        self._timers = Timers.current()
+        self._trio = _backend.is_trio()  # see wake()
+        # The ack timer, when it fires; an ack task runs (trio).
+        self._timer: Timer | None = None
+        self._deadline = 0.0
+        self._sending = False
         # Overflow is logged once per link: when the count passes this mark.
         self._overflow_mark = outbound.overflowed
         self.retired = False
@@ -91,6 +96,8 @@ class ReplayLink:
         self.violation: ProtocolViolation | None = None
         """How the peer broke the protocol on this link, if it did."""
         raw.control = self
+        # What the session's previous link left: an ack due, the timer to set for one.
+        self._look(self._timers.now())
 
     def record(self, message: Message, size: int | None = None) -> int:
         """Number a data message about to be sent on this link; keep it for replay.
@@ -119,65 +126,57 @@ class ReplayLink:
         return inbound.received
 
     def wake(self) -> None:
-        """:meth:`Inbound.deliver` said the ack task must look (for callers that count
-        deliveries on the session's :class:`Inbound` themselves).
+        """:meth:`Inbound.deliver` said an ack may be due (for callers that count
+        deliveries on the session's :class:`Inbound` themselves): send it if due now,
+        else set the timer for when it will be.
 
-        On asyncio an ack due now is written at once instead, into the transport's
-        buffer: a busy link then acknowledges without a task switch. (trio's writes
-        wait for the socket: there the task sends it.)
+        On asyncio the ack is written at once, into the transport's buffer: a busy link
+        acknowledges without a task switch. (trio's writes wait for the socket: there a
+        task sends it.)
         """
-        inbound = self._inbound
-        if self._write_now and inbound.ack_due(self.raw.last_inbound):
-            _backend.pong_nowait(self.raw, encode_ack(inbound.take_ack()))
-        else:
-            self._wake.set()
+        self._look(self.raw.last_inbound)
 
     def retire(self) -> None:
         """The link ended (or was taken over): deliver nothing more from it."""
         self.retired = True
-        self._wake.set()
+        self._disarm()
 
-    async def run(self) -> None:
-        """Send acks when due, until the link closes; close it on a protocol violation.
-
-        The task sleeps until :meth:`wake` wakes it (a message arrived that no timer
-        covers; on trio also an ack due by count, which asyncio writes in :meth:`wake`
-        itself) or until the timer :meth:`Inbound.ack_timer` armed. On a busy link it
-        so wakes once per ack on trio, and on asyncio only when the timer fires (at most
-        once per ``ack_delay``). The timer is the deadline of a cancel scope kept across
-        wakes, not a new scope per wait: a new one is needed only after one expired.
-        """
-        # An expiring timer must not cancel an ack halfway: on trio a cancelled write can
-        # leave half a frame on the wire. (asyncio writes the frame before any await.)
-        guard = _backend.is_trio()
-        done = False
-        while not done:
-            with anyio.CancelScope() as timer:
-                done = await self._serve(timer, guard)
-        if self.violation is not None:
-            await self._close_for(self.violation)
-
-    async def _serve(self, timer: anyio.CancelScope, guard: bool) -> bool:
-        """Acknowledge and sleep inside ``timer``; ``True`` once the task is done (the
-        link retired or closed, or the peer broke the protocol). Returns only then:
-        otherwise ``timer`` expires, cancelling the sleep. ``guard``: lift the deadline
-        while an ack is written."""
+    def _look(self, now: float) -> None:
+        """Send the ack if due; set the timer for the next one."""
+        if self.retired or self.violation is not None or self._sending:
+            return  # (an ack task looks again when it is done)
         inbound = self._inbound
-        while not self.retired and self.violation is None:
-            # A fresh event before looking: a wake during the ack below is not lost.
-            wake = self._wake = anyio.Event()
-            now = anyio.current_time()
-            if inbound.ack_due(now):
-                if guard:
-                    timer.deadline = math.inf
+        if inbound.ack_due(now):
+            if self._trio:
+                self._sending = True
+                self._timers.spawn(self._send_acks)
+                return
+            _backend.pong_nowait(self.raw, encode_ack(inbound.take_ack()))
+        deadline = inbound.ack_timer(now)
+        if deadline is None or (self._timer is not None and self._deadline <= deadline):
+            return
+        self._disarm()
+        self._deadline = deadline
+        self._timer = self._timers.call_at(deadline, self._due)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _due(self) -> None:
+        self._timer = None
+        self._look(self._timers.now())
+
+    async def _send_acks(self) -> None:
+        """trio: send acks until none is due (more may fall due during a write)."""
+        try:
+            while not self.retired and self._inbound.ack_due(self._timers.now()):
                 if not await self.send_ack():
-                    return True
-            deadline = inbound.ack_timer(now)
-            deadline = math.inf if deadline is None else deadline
-            if timer.deadline != deadline:
-                timer.deadline = deadline
-            await wake.wait()
-        return True
+                    return
+        finally:
+            self._sending = False
+        self._look(self._timers.now())
 
     async def send_ack(self) -> bool:
         """Acknowledge every message delivered so far; ``False`` if the link is closed."""
@@ -207,7 +206,8 @@ class ReplayLink:
 
     def _violated(self, violation: ProtocolViolation) -> None:
         self.violation = violation
-        self._wake.set()
+        self._disarm()
+        self._timers.spawn(self._close_for, violation)
 
     async def _close_for(self, violation: ProtocolViolation) -> None:
         log(

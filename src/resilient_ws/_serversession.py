@@ -74,7 +74,7 @@ class ServerSession(MessageIterator):
         self._error: ConnectionClosed | None = None
         self._changed = Signal()
         self._receiving = False
-        self._gaps: deque[Gap] = deque(maxlen=_MAX_GAPS)
+        self._gaps: deque[Gap] | None = None  # made at the first gap (~0.6 KiB each)
         # Overflow is logged once per link or absence: when the count passes this mark.
         self._overflow_mark = 0
         self.links = 0
@@ -98,7 +98,7 @@ class ServerSession(MessageIterator):
     def gaps(self) -> tuple[Gap, ...]:
         """Ranges of the client's messages that will never arrive (its replay buffer
         overflowed while it was away), oldest first; the last 64 are kept."""
-        return tuple(self._gaps)
+        return () if self._gaps is None else tuple(self._gaps)
 
     async def send(self, message: Message) -> None:
         """Send a message; while the client is away, buffer it for the next link.
@@ -219,6 +219,8 @@ class ServerSession(MessageIterator):
         returned, to be closed with 4003) and hold sends until :meth:`attach`."""
         self._resuming = resuming
         if gap is not None:
+            if self._gaps is None:
+                self._gaps = deque(maxlen=_MAX_GAPS)
             self._gaps.append(gap)
             log("messages_lost", logging.WARNING, session_id=self.id, first=gap.first,
                 last=gap.last, reason="overflow")  # fmt: skip

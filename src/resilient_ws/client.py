@@ -457,10 +457,13 @@ class Connection(MessageIterator):
 
     def _release_monitor(self) -> None:
         """Once our tasks are done: a released monitor stops ticking, and its last tick
-        growing old would read as our own loop stalling."""
+        growing old would read as our own loop stalling. The last link's ack timer (on
+        the loop's shared timers) goes too: nothing of ours is left pending."""
         monitor, self._supervisor.monitor = self._supervisor.monitor, None
         if monitor is not None:
             monitor.release()
+        if self._replay_link is not None:
+            self._replay_link.retire()
 
     async def __aexit__(
         self,
@@ -739,9 +742,7 @@ class Connection(MessageIterator):
         )
 
     async def _run_link(self, raw: RawLink) -> None:
-        replay = self._numbering(raw)
-        if replay is not None:
-            await replay.run()
+        """Nothing: a replay link sends its acks from the loop's timers, without a task."""
 
     def _readable(self, raw: RawLink, number: int) -> None:
         self._links.append((raw, number, self._numbering(raw)))

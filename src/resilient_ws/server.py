@@ -392,12 +392,12 @@ class Server:
 
     async def _serve_plain(self, connection: Any, session: ServerSession) -> None:
         peer = _peer(connection)  # now: on trio a vanished peer has no address
-        async with anyio.create_task_group() as tasks:
-            self._watch_link(connection, tasks)
-            try:
-                failed = await self._run_handler(session, peer)
-            finally:
-                tasks.cancel_scope.cancel()
+        keepalive = self._watch_link(connection)
+        try:
+            failed = await self._run_handler(session, peer)
+        finally:
+            if keepalive is not None:
+                keepalive.stop()
         # Otherwise returning to websockets closes the link with 1000.
         if failed:
             with anyio.CancelScope(shield=True), anyio.move_on_after(_backend.EXIT_TIMEOUT):
@@ -406,11 +406,12 @@ class Server:
     async def _serve_replay(
         self, connection: Any, session: ServerSession, replay: ReplayLink
     ) -> None:
-        async with anyio.create_task_group() as tasks:
-            self._watch_link(connection, tasks)
-            tasks.start_soon(replay.run)
+        keepalive = self._watch_link(connection)
+        try:
             await connection.wait_closed()
-            tasks.cancel_scope.cancel()
+        finally:
+            if keepalive is not None:
+                keepalive.stop()
         _backend.resume_reading(connection)
         outcome = session.link_ended(connection)
         assert session.id is not None
@@ -460,21 +461,25 @@ class Server:
         log("session_ended", session_id=session.id, peer=_peer_of(session) or peer, cause=cause)
         return False
 
-    def _watch_link(self, connection: Any, tasks: anyio.abc.TaskGroup) -> None:
+    def _watch_link(self, connection: Any) -> LinkKeepalive | None:
+        """Answer the link's probes with beacons; start its keepalive (on the loop's
+        timers: no task per link), which the caller stops when the link ends."""
         if self._beacon_interval is not None:
             connection.on_ping = self._answer_probe
-        if self._keepalive is not None:
-            keepalive = LinkKeepalive(
-                connection,
-                self._keepalive,
-                url=f"peer:{_backend.peer_address(connection)}",
-                connection_id=secrets.token_hex(4),
-                emit=lambda event: None,
-                monitor=self.monitor,
-                # Its clients probe the links they use; the kernel watches idle ones.
-                quiet=math.inf,
-            )
-            tasks.start_soon(keepalive.run)
+        if self._keepalive is None:
+            return None
+        keepalive = LinkKeepalive(
+            connection,
+            self._keepalive,
+            url=f"peer:{_backend.peer_address(connection)}",
+            connection_id=secrets.token_hex(4),
+            emit=lambda event: None,
+            monitor=self.monitor,
+            # Its clients probe the links they use; the kernel watches idle ones.
+            quiet=math.inf,
+        )
+        keepalive.start()
+        return keepalive
 
     def _last_stall(self) -> Stall | None:
         return None if self.watchdog is None else self.watchdog.last_stall
