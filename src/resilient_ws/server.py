@@ -39,7 +39,7 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from . import _backend, _taskgroup
+from . import _admission, _backend, _taskgroup
 from ._keepalive import LinkKeepalive
 from ._lag import LoopLagMonitor, Stall, StallWatchdog
 from ._logging import log
@@ -98,9 +98,11 @@ class Server:
         stall_threshold: float | None,
         replay: Replay | None,
         sessions: SessionStore[ServerSession] | None,
+        max_handshakes: int | None,
         options: dict[str, Any],
     ) -> None:
         self._handler = handler
+        self._max_handshakes = max_handshakes
         self._replay = replay
         self.sessions: SessionStore[ServerSession] = (
             MemorySessionStore() if sessions is None else sessions
@@ -209,10 +211,16 @@ class Server:
             task_status.started()
 
     async def _start(self) -> Any:
-        options = {
-            **self._options,
-            "create_connection": _backend.connection_class("server", _backend.is_trio()),
-        }
+        options = dict(self._options)
+        connection_class = _backend.connection_class("server", _backend.is_trio())
+        if self._max_handshakes is not None:
+            # Bound the handshakes in progress: a crowd beyond it gets 503 at once.
+            admission = _admission.Admission(self._max_handshakes)
+            connection_class = _admission.counting(connection_class, admission)
+            options["process_request"] = _admission.process_request(
+                admission, options.get("process_request"), self._tasks.start_soon
+            )
+        options["create_connection"] = connection_class
         if self._keepalive is not None:
             options.update(ping_interval=None, ping_timeout=None)
         if self._replay is not None:
@@ -641,6 +649,7 @@ def serve(
     replay: Replay | None = Replay(),
     sessions: SessionStore[ServerSession] | None = None,
     compression: str | None = None,
+    max_handshakes: int | None = 1000,
     **websockets_options: Any,
 ) -> Server:
     """Create a :class:`Server`; use it with ``async with``.
@@ -679,6 +688,15 @@ def serve(
             client goes away, 100 failed resumes per source address per 10 s; a right token is
             never throttled).
         compression: ``None`` (default) or ``"deflate"``.
+        max_handshakes: Opening handshakes in progress (request read, response not sent
+            yet) beyond which a request is answered at once with ``503`` and a
+            ``Retry-After`` that spreads the crowd over time at about the rate the server
+            completes handshakes; the requests so shed are logged as one
+            ``resilient_ws.handshakes_shed`` event per second at most. Without it, ten
+            thousand clients reconnecting at once all time out together and retry
+            together. The default, 1000, is several times what a server completes per
+            event-loop iteration at its busiest, and a second or more of handshakes for
+            one core: normal load never reaches it. ``None`` disables the bound.
         **websockets_options: Passed to websockets' ``serve`` (``process_request``,
             ``process_response``, ``max_size``...).
     """
@@ -693,5 +711,6 @@ def serve(
         stall_threshold=stall_threshold,
         replay=replay,
         sessions=sessions,
+        max_handshakes=max_handshakes,
         options={"compression": compression, **websockets_options},
     )
