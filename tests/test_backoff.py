@@ -59,13 +59,17 @@ def test_draw_scales_the_bound() -> None:
     ("draw", "retry_after", "expected"),
     [
         (0.0, 7.0, 7.0),  # a floor above the jittered delay
-        (0.5, 0.1, 0.2),  # below the jittered delay: the delay wins
+        (0.5, 7.0, 7.5),  # plus the draw: a crowd told 7 s spreads over [7, 8)
         (0.0, 3600.0, 60.0),  # capped at max_retry_after
         (0.0, 0.0, 0.0),
     ],
 )
 def test_retry_after_is_a_capped_floor(draw: float, retry_after: float, expected: float) -> None:
     assert next_delay(POLICY, 3, draw, retry_after) == pytest.approx(expected)
+
+
+def test_a_jittered_delay_above_retry_after_wins() -> None:
+    assert next_delay(POLICY, 10, 0.5, 0.1) == pytest.approx(15.0)  # 0.5 * 30 > 0.1 + 0.5
 
 
 # ---- forgiveness --------------------------------------------------------------------------

@@ -38,11 +38,13 @@ def next_delay(
         failures: Consecutive failures so far (>= 1), after forgiveness.
         draw: A uniform random number in ``[0, 1)``: full jitter.
         retry_after: Seconds the server asked to wait (``Retry-After``), if any. It is a
-            floor, capped at ``policy.max_retry_after``.
+            floor, plus up to a second of jitter (the header counts whole seconds: a crowd
+            told the same value must not come back on the same second), capped at
+            ``policy.max_retry_after``.
     """
     delay = draw * delay_bound(policy, failures)
     if retry_after is not None:
-        delay = max(delay, min(retry_after, policy.max_retry_after))
+        delay = max(delay, min(retry_after + draw, policy.max_retry_after))
     return delay
 
 
