@@ -62,6 +62,7 @@ __all__ = [
     "open_link",
     "parse_retry_after",
     "peer_address",
+    "resolve_proxy",
     "response_headers",
     "resume_reading",
     "ping",
@@ -330,6 +331,25 @@ _COUNTING_SLOTS = tuple(_Counting.__annotations__)
 def is_trio() -> bool:
     """Whether the running event loop is trio's."""
     return sniffio.current_async_library() == "trio"
+
+
+def resolve_proxy(url: str, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` for connecting to ``url``, with websockets' ``proxy=True`` resolved.
+
+    With ``proxy=True`` (its default) websockets reads the proxy settings from the
+    environment at every connect (``urllib.request.getproxies()`` walks ``os.environ``
+    twice): a large share of a reconnect's CPU when thousands of clients reconnect at once.
+    Called once per URL, this reads them once; the outcome (a proxy URL, or ``None`` for
+    a direct connection, also for a redirect that ``url`` answers with) goes to every
+    connect to ``url``. An explicit ``proxy`` (a URL or ``None``), a Unix socket and a
+    ``sock=`` connection (websockets never proxies those) are left as they are.
+    """
+    explicit = options.get("proxy", True) is not True
+    if explicit or options.get("unix") or options.get("sock") is not None:
+        return options
+    from websockets.proxy import get_proxy
+
+    return {**options, "proxy": get_proxy(parse_uri(url))}
 
 
 @asynccontextmanager

@@ -1,15 +1,15 @@
-"""The keepalive task of one link: probes, pong timing and the evidence for a verdict.
+"""The keepalive of one link: probes, pong timing and the evidence for a verdict.
 
-Part of the client's I/O layer: it sleeps, reads the clock and the socket's TCP state, and
-sends pings. Every decision comes from the pure :class:`~resilient_ws._liveness.Liveness`.
-The socket's TCP state is read once each time the task wakes anyway (about once per
-``Keepalive.idle`` on a busy link): its RTT keeps the estimate current on every link, and
-while a probe is overdue it is the evidence for the verdict.
+Part of the I/O layer of the client and of serve(): it reads the clock and the socket's
+TCP state, and sends pings, from the event loop's shared timers (no task per link). Every
+decision comes from the pure :class:`~resilient_ws._liveness.Liveness`. The socket's TCP
+state is read once each time its timer fires anyway (about once per ``Keepalive.idle`` on
+a busy link): its RTT keeps the estimate current on every link, and while a probe is
+overdue it is the evidence for the verdict.
 
-Where the kernel keeps watch (TCP keepalive set on the socket), a quiet link parks the task
-until the next message either way (the connection's ``waker``) or ``quiet_interval``. Each
-probe carries its number; the connection's frame hook hands over pongs (``on_pong``), so no
-task waits per probe.
+Where the kernel keeps watch (TCP keepalive set on the socket), a quiet link parks until
+the next message either way (the connection's ``waker``) or ``quiet_interval``. Each
+probe carries its number; the connection's frame hook hands over pongs (``on_pong``).
 """
 
 from __future__ import annotations
@@ -20,8 +20,6 @@ from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
-
-import anyio
 
 from . import _backend, _tcpinfo
 from ._backend import RawLink
@@ -88,8 +86,8 @@ class LinkKeepalive:
     """Keeps one link under watch until it aborts it or is stopped.
 
     Driven by the event loop's shared :class:`~resilient_ws._timers.Timers`, not by a
-    task: :meth:`start` it on a link (serve() does), or ``await`` :meth:`run`, which
-    starts it and returns the diagnosis once it gave up (the client does).
+    task: :meth:`start` it on a link, :meth:`stop` it when the link ends; once it gave up
+    it aborted the link and :attr:`diagnosis` says why.
     """
 
     def __init__(
@@ -135,20 +133,8 @@ class LinkKeepalive:
         self._seen = raw.last_inbound
         self._own_lag = 0.0
         self._stopped = False
-        self._done: anyio.Event | None = None
         self.diagnosis: Diagnosis | None = None
         """Why it gave up and aborted the link, once it did."""
-
-    async def run(self) -> Diagnosis:
-        """Watch the link; abort it and return the diagnosis when liveness gives up."""
-        done = self._done = anyio.Event()
-        self.start()
-        try:
-            await done.wait()
-        finally:
-            self.stop()
-        assert self.diagnosis is not None
-        return self.diagnosis
 
     def start(self) -> None:
         """Start watching; it stops by itself once it aborted the link."""
@@ -217,8 +203,6 @@ class LinkKeepalive:
         self.stop()
         self._gave_up(diagnosis)
         _backend.abort_link(self._raw)
-        if self._done is not None:
-            self._done.set()
 
     def _on_pong(self, data: bytes, at: float) -> None:
         """websockets' connection saw a pong (a protocol callback: no task, no anyio)."""

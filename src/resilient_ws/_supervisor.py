@@ -61,7 +61,8 @@ class Session(Protocol):
         """Set up a new link (resume the replay session); whether ``on_connect`` runs."""
 
     async def _run_link(self, raw: RawLink) -> None:
-        """The session's own work on a published link, until it ends (acks)."""
+        """Start the session's own work on a new link; return at once (a link's background
+        work runs from the loop's timers, not from a task per link)."""
 
     def _numbering(self, raw: RawLink) -> ReplayLink | None:
         """The replay protocol on ``raw`` (a ``ReplayLink``), or ``None``."""
@@ -106,8 +107,11 @@ class Supervisor:
         """The keepalive of the current or last link."""
         self.monitor: LoopLagMonitor | None = None
         """Our own loop's lag, when the connection runs a monitor (evidence of a client stall)."""
-        # The keepalive's diagnosis when it gave up on the current link.
+        # The diagnosis when the kernel gave up on the current link (the keepalive's own
+        # is its ``diagnosis``).
         self._abandoned: Diagnosis | None = None
+        # The keepalive of this attempt's link (None: none yet).
+        self._watching: LinkKeepalive | None = None
         # We closed the current link ourselves to return to the primary URL.
         self._failed_back = False
         self._urls = list(urls)
@@ -116,6 +120,10 @@ class Supervisor:
         self._classifier = classifier
         self._on_connect = on_connect
         self._options = options
+        # Per URL: the websockets options with the proxy resolved (at its first connect),
+        # and the URL as logged.
+        self._url_options: dict[str, dict[str, Any]] = {}
+        self._redacted = {url: redact_url(url) for url in self._urls}
         self._random = random.Random()
         self._url_index = 0
         self.url = self._urls[0]
@@ -123,6 +131,8 @@ class Supervisor:
         self.failures = 0
         """Consecutive failures (attempts and links' ends), less what links' lives forgave."""
         self._failing_since: float | None = None
+        # When the current attempt's link opened (None: not, or not yet).
+        self._opened_at: float | None = None
         self.last_error: LinkError | None = None
         self.attempts = 0
         self.links = 0
@@ -198,7 +208,7 @@ class Supervisor:
 
     def _retry_scheduled(self, retry_state: RetryCallState) -> None:
         delay = retry_state.upcoming_sleep
-        url = redact_url(self._urls[self._url_index])
+        url = self._redacted[self._urls[self._url_index]]
         attempt = self.failures + 1
         self._session._emit(
             Reconnecting(at=anyio.current_time(), attempt=attempt, delay=delay, url=url)
@@ -216,50 +226,57 @@ class Supervisor:
         self.attempts += 1
         self.keepalive = None
         self._abandoned = None
+        self._watching = None
         self._failed_back = False
         attempt = self.failures + 1
-        self._session._emit(
-            Connecting(at=anyio.current_time(), url=redact_url(url), attempt=attempt)
-        )
+        shown = self._redacted[url]
+        self._session._emit(Connecting(at=anyio.current_time(), url=shown, attempt=attempt))
         log(
             "connect_started",
             connection_id=self._session.connection_id,
-            url=redact_url(url),
+            url=shown,
             attempt=attempt,
         )
-        opened_at: float | None = None
+        self._opened_at = None
         try:
-            options = self._session._link_options(self._options)
-            async with _backend.open_link(url, options) as raw:
-                opened_at = anyio.current_time()
-                await self._serve_link(raw, url)
+            await self._open_and_serve(url)
         except LinkError as error:
+            opened_at = self._opened_at
             uptime = None if opened_at is None else anyio.current_time() - opened_at
             self._link_failed(error, url, uptime)
             raise
 
+    async def _open_and_serve(self, url: str) -> None:
+        """Open a link to ``url`` (note when in ``_opened_at``) and serve it until it ends."""
+        options = self._session._link_options(self._options_for(url))
+        async with _backend.open_link(url, options) as raw:
+            self._opened_at = anyio.current_time()
+            await self._serve_link(raw, url)
+
+    def _options_for(self, url: str) -> dict[str, Any]:
+        """websockets options for ``url``: the proxy is resolved at its first connect."""
+        options = self._url_options.get(url)
+        if options is None:
+            options = self._url_options[url] = _backend.resolve_proxy(url, self._options)
+        return options
+
     async def _serve_link(self, raw: RawLink, url: str) -> None:
         """Serve the link under watch until it ends.
 
-        The keepalive and the session's link task run from the moment the link opens: a
-        network that dies while ``on_connect`` runs or the queue flushes is noticed too.
+        The keepalive watches from the moment the link opens (from the loop's timers, no
+        task per link): a network that dies while ``on_connect`` runs or the queue flushes
+        is noticed too.
 
         Returns when the application closed the connection; raises LinkError otherwise.
         """
-        error: LinkError | None = None
-        async with anyio.create_task_group() as guards:
-            guards.start_soon(self._session._run_link, raw)
-            if self._keepalive is not None:
-                guards.start_soon(self._keep_alive, raw)
-            try:
-                await self._set_up(raw, url)
-                await self._wait_link_end(raw)
-            except LinkError as exc:
-                error = exc  # raised outside the task group, not in an exception group
-            finally:
-                guards.cancel_scope.cancel()
-        if error is not None:
-            raise error
+        await self._session._run_link(raw)
+        keepalive = self._watch(raw)
+        try:
+            await self._set_up(raw, url)
+            await self._wait_link_end(raw)
+        finally:
+            if keepalive is not None:
+                keepalive.stop()
 
     async def _set_up(self, raw: RawLink, url: str) -> None:
         """Resume the session, run ``on_connect``, flush the queue, publish the link."""
@@ -278,10 +295,11 @@ class Supervisor:
         self._session._readable(raw, number)
         flushed = await self._session._flush(raw)
         self._failing_since = None
+        shown = self._redacted[url]
         self._session._emit(
             Connected(
                 at=anyio.current_time(),
-                url=redact_url(url),
+                url=shown,
                 link=number,
                 subprotocol=raw.subprotocol,
                 flushed=flushed,
@@ -290,7 +308,7 @@ class Supervisor:
         log(
             "link_opened",
             connection_id=self._session.connection_id,
-            url=redact_url(url),
+            url=shown,
             link=number,
             subprotocol=raw.subprotocol,
             flushed=flushed,
@@ -315,7 +333,7 @@ class Supervisor:
                 return
             if not scope.cancelled_caught:
                 self._session._link_lost()
-                if self._abandoned is None and _backend.timed_out(raw):
+                if self._diagnosis() is None and _backend.timed_out(raw):
                     self._kernel_gave_up()
                 raise _backend.link_closed_error(raw)
             # On a backup for failback_after seconds: move back if the primary answers.
@@ -326,18 +344,30 @@ class Supervisor:
                 await _backend.close_link(raw, _GOING_AWAY, reason)
                 raise LinkClosed(_GOING_AWAY, reason)
 
-    async def _keep_alive(self, raw: RawLink) -> None:
-        """Watch the link; the keepalive may abort it (and say why in ``_abandoned``)."""
-        assert self._keepalive is not None
+    def _watch(self, raw: RawLink) -> LinkKeepalive | None:
+        """Start the link's keepalive, if any: it may abort the link (and say why in its
+        ``diagnosis``)."""
+        if self._keepalive is None:
+            return None
         keepalive = self.keepalive = LinkKeepalive(
             raw,
             self._keepalive,
-            url=redact_url(self.url),
+            url=self._redacted[self.url],
             connection_id=self._session.connection_id,
             emit=self._session._emit,
             monitor=self.monitor,
         )
-        self._abandoned = await keepalive.run()
+        self._watching = keepalive
+        keepalive.start()
+        return keepalive
+
+    def _diagnosis(self) -> Diagnosis | None:
+        """Why this attempt's link was given up on: by the keepalive or the kernel (not
+        an earlier link's keepalive, which ``self.keepalive`` may still be, for stats)."""
+        keepalive = self._watching
+        if self._abandoned is None and keepalive is not None:
+            return keepalive.diagnosis
+        return self._abandoned
 
     def _kernel_gave_up(self) -> None:
         """The kernel dropped the link (``ETIMEDOUT``): its keepalive probe, or a
@@ -347,21 +377,23 @@ class Supervisor:
             "link_abandoned",
             logging.WARNING,
             connection_id=self._session.connection_id,
-            url=redact_url(self.url),
+            url=self._redacted[self.url],
             verdict=diagnosis.verdict.value,
             evidence=diagnosis.evidence,
         )
 
     async def _primary_answers(self) -> bool:
         try:
-            async with _backend.open_link(self._urls[0], self._options):
+            primary = self._urls[0]
+            async with _backend.open_link(primary, self._options_for(primary)):
                 return True
         except LinkError:
             return False
 
     def _verdict(self, error: LinkError, opened: bool) -> str:
-        if self._abandoned is not None:
-            return self._abandoned.verdict.value
+        diagnosis = self._diagnosis()
+        if diagnosis is not None:
+            return diagnosis.verdict.value
         if self._failed_back:
             return "failback"
         if not opened:
@@ -390,10 +422,11 @@ class Supervisor:
         else:
             self._url_index = (self._url_index + 1) % len(self._urls)
         self._session._link_lost()
+        shown = self._redacted[url]
         self._session._emit(
             Disconnected(
                 at=anyio.current_time(),
-                url=redact_url(url),
+                url=shown,
                 cause=error,
                 fatal=fatal,
                 verdict=verdict,
@@ -405,7 +438,7 @@ class Supervisor:
             "link_closed" if uptime is not None else "connect_failed",
             logging.WARNING if fatal else logging.INFO,
             connection_id=self._session.connection_id,
-            url=redact_url(url),
+            url=shown,
             cause=str(error),
             error_type=type(error).__name__,
             code=getattr(error, "code", None),

@@ -873,7 +873,11 @@ def connect(
         compression: ``None`` (default) or ``"deflate"``. Off by default: permessage-deflate
             costs about 20 times the CPU on 16 KiB messages.
         **websockets_options: Passed to websockets' ``connect`` (``ssl``,
-            ``additional_headers``, ``subprotocols``, ``open_timeout``, ``max_size``...).
+            ``additional_headers``, ``subprotocols``, ``open_timeout``, ``max_size``,
+            ``proxy``...). With the default ``proxy=True`` the proxy settings of the
+            environment (``wss_proxy``, ``https_proxy``, ``no_proxy``...) are read at the
+            first connect of each URL, not at every reconnect; ``proxy=None`` connects
+            directly, a proxy URL is used as given.
 
     Raises:
         InvalidURL: A URL is not a valid ``ws://`` or ``wss://`` URL.
