@@ -136,11 +136,26 @@ class LinkKeepalive:
         self.diagnosis: Diagnosis | None = None
         """Why it gave up and aborted the link, once it did."""
 
-    def start(self) -> None:
-        """Start watching; it stops by itself once it aborted the link."""
+    def start(self, *, lazily: bool = False) -> None:
+        """Start watching; it stops by itself once it aborted the link.
+
+        Args:
+            lazily: Take the first decision at the link's first message, not now (then
+                also taking the link's first RTT sample from the kernel): for serve(),
+                which keeps no RTT and probes no quiet link, so that a link costs no
+                ``TCP_INFO`` read and no timer until it carries a message. Only where
+                the kernel watches the link; elsewhere the first decision comes after
+                ``idle``.
+        """
         raw: Any = self._raw
         raw.on_pong = self._on_pong
-        self._decide(self._now())
+        if not lazily:
+            self._decide(self._now())
+        elif self.kernel:
+            raw.waker = self._wake
+        else:
+            self._until = self._now() + self._policy.idle
+            self._timer = self._timers.call_at(self._until, self._due)
 
     def stop(self) -> None:
         """Stop watching (the link ended). Idempotent."""
@@ -190,9 +205,11 @@ class LinkKeepalive:
     def _wake(self) -> None:
         """Decide now, not at the timer (a pong, or traffic on a parked link). Called from
         websockets' frame hook: the decision runs from the timers, not inside it."""
+        if self._stopped:
+            return
         if self._timer is not None:
             self._timer.cancel()
-            self._timer = self._timers.call_at(self._now(), self._woken)
+        self._timer = self._timers.call_at(self._now(), self._woken)
 
     def _woken(self) -> None:
         self._timer = None

@@ -486,7 +486,7 @@ class Server:
             # Its clients probe the links they use; the kernel watches idle ones.
             quiet=math.inf,
         )
-        keepalive.start()
+        keepalive.start(lazily=True)
         return keepalive
 
     def _last_stall(self) -> Stall | None:
