@@ -71,6 +71,24 @@ async def test_close_stops_the_server() -> None:
         await anyio.connect_tcp("127.0.0.1", port)
 
 
+async def test_the_listen_queue_holds_a_crowd_reconnecting_at_once() -> None:
+    """asyncio listens with a backlog of 100 unless asked: serve() asks for 4096, as trio
+    does by itself (up to the kernel's somaxconn). A SYN beyond the queue waits 1 s, 3 s...
+    """
+    import shutil
+
+    ss = shutil.which("ss")
+    if ss is None:
+        pytest.skip("needs ss (iproute2)")
+    somaxconn = int(await anyio.Path("/proc/sys/net/core/somaxconn").read_text())
+    async with serve_echo() as server:
+        done = await anyio.run_process([ss, "-ltnH", f"sport = :{server.port}"])
+        listing = done.stdout.decode().split()
+    # State Recv-Q Send-Q ...: for a listening socket, Send-Q is its backlog.
+    assert listing[0] == "LISTEN"
+    assert int(listing[2]) == min(4096, somaxconn)
+
+
 async def test_leaving_serve_on_a_cancellation_returns() -> None:
     """On trio, websockets' server waited forever for its cancelled serving task."""
     with anyio.fail_after(TIMEOUT), anyio.move_on_after(0.2) as scope:
