@@ -80,7 +80,10 @@ def test_ordinary_pongs_are_not_control_messages() -> None:
 @pytest.mark.parametrize(
     "payload",
     [b"rws1 ", b"rws1 ack", b"rws1 =3", b"rws1 ack=x", b"rws1 ack=-1", b"rws1 ack=inf",
-     b"rws1 " + b"a=1 " * 40],
+     b"rws1 " + b"a=1 " * 40,
+     # float() would take these: the grammar is plain decimals (issue 11).
+     b"rws1 ack=1_0", b"rws1 ack=+3", b"rws1 ack=3e0", b"rws1 lag=nan", b"rws1 lag=.5",
+     b"rws1 lag=5.", b"rws1 ack=\xd9\xa3", b"rws1 ACK=3", b"rws1 a\xffk=3"],
 )  # fmt: skip
 def test_malformed_control_messages_raise_with_close_code_4001(payload: bytes) -> None:
     with pytest.raises(ControlError) as info:
@@ -106,6 +109,19 @@ def test_control_decoder_raises_only_control_errors(payload: bytes) -> None:
     except ControlError:
         return
     assert fields is None or all(v >= 0 for v in fields.values())
+
+
+@given(
+    st.dictionaries(
+        st.from_regex(r"[a-z][a-z0-9_]{0,5}", fullmatch=True),
+        st.from_regex(r"[0-9]{1,6}(\.[0-9]{1,4})?", fullmatch=True),
+        min_size=1,
+        max_size=5,
+    )
+)
+def test_control_decoder_takes_every_message_of_the_grammar(fields: dict[str, str]) -> None:
+    payload = ("rws1 " + " ".join(f"{k}={v}" for k, v in fields.items())).encode()
+    assert decode_control(payload) == {k: float(v) for k, v in fields.items()}
 
 
 def test_resume_headers_round_trip() -> None:

@@ -14,7 +14,6 @@ Sessions are named, resumed and granted with ``RWS-*`` handshake headers.
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -47,6 +46,9 @@ _MAX_CONTROL_PAYLOAD = 125
 _OPAQUE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # Message counts: decimal, bounded so a peer cannot make us handle absurd numbers.
 _COUNT = re.compile(r"[0-9]{1,18}")
+# A control message's field: name=value, a lowercase name, a non-negative plain decimal.
+_FIELD_NAME = re.compile(rb"[a-z][a-z0-9_]{0,15}")
+_DECIMAL = re.compile(rb"[0-9]{1,20}(?:\.[0-9]{1,20})?")
 
 MALFORMED = 4001
 """Close code for a malformed control message or header (docs/protocol.md section 6)."""
@@ -78,15 +80,12 @@ def decode_control(data: bytes) -> dict[str, float] | None:
     fields: dict[str, float] = {}
     for item in data[len(BEACON_PREFIX) :].split():
         name, sep, value = item.partition(b"=")
-        if not sep or not name:
+        if not sep or not _FIELD_NAME.fullmatch(name):
             raise ControlError(f"malformed field {item[:20]!r}")
-        try:
-            number = float(value)
-        except ValueError:
-            raise ControlError(f"field {name[:20]!r} is not a number") from None
-        if not math.isfinite(number) or number < 0:
-            raise ControlError(f"field {name[:20]!r} is out of range")
-        fields[name.decode("ascii", "replace")] = number
+        # Plain decimals only: Python's float() also takes "1_0", "+3", "3e0", "nan"...
+        if not _DECIMAL.fullmatch(value):
+            raise ControlError(f"field {name[:20]!r} is not a decimal number")
+        fields[name.decode("ascii")] = float(value)
     if not fields:
         raise ControlError("control message without fields")
     return fields
