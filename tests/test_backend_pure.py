@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import traceback
 from datetime import datetime, timezone
 
 import pytest
@@ -37,12 +38,31 @@ def test_check_url_accepts_websocket_urls(url: str) -> None:
     assert check_url(url) == url
 
 
-@pytest.mark.parametrize("url", ["http://example.com/", "", "not a url", "wss://", 42, None])
+@pytest.mark.parametrize(
+    "url",
+    ["http://example.com/", "", "not a url", "wss://", 42, None,
+     "ws://example.com:99999/", "ws://example.com:abc/", "ws://example.com:-1/"],
+)  # fmt: skip
 def test_check_url_rejects(url: object) -> None:
     with pytest.raises(resilient_ws.InvalidURL) as info:
         check_url(url)  # type: ignore[arg-type]
     assert isinstance(info.value, ValueError)
     assert isinstance(info.value, resilient_ws.ResilientWSError)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://user:hunter2@example.com/?token=s3cret", "ws://user:hunter2@example.com:0x/?token=s3cret"],
+)
+def test_an_invalid_url_never_shows_its_secrets(url: str) -> None:
+    """Issue 11: the message, repr and cause of InvalidURL showed user:password and token."""
+    with pytest.raises(resilient_ws.InvalidURL) as info:
+        check_url(url)
+    error = info.value
+    shown = [str(error), repr(error), error.url, repr(error.__cause__), repr(error.__context__)]
+    shown += traceback.format_exception(error)
+    assert not [text for text in shown if "hunter2" in text or "s3cret" in text]
+    assert "example.com" in str(error)
 
 
 # ---- parse_retry_after -------------------------------------------------------------------

@@ -34,6 +34,7 @@ from websockets.protocol import State
 from websockets.uri import parse_uri
 
 from . import _tcpinfo
+from ._logging import redact_url
 from ._protocol import BEACON_PREFIX, Beacon, ControlError, beacon_of, decode_control
 from .exceptions import (
     HandshakeFailed,
@@ -132,8 +133,13 @@ def check_url(url: str) -> str:
     try:
         parse_uri(url)
     except InvalidURI as exc:
-        raise InvalidURL(url, exc.msg) from exc
-    return url
+        reason = exc.msg
+    except ValueError as exc:  # a port out of range, or not a number
+        reason = str(exc)
+    else:
+        return url
+    # Not chained, and redacted: the URL may hold a password or a token.
+    raise InvalidURL(redact_url(url), reason) from None
 
 
 class _Recording:
