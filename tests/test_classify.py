@@ -36,7 +36,7 @@ def test_non_negotiable_failures_are_fatal(error: LinkError) -> None:
     assert default_classifier(error) == "fatal"
 
 
-@pytest.mark.parametrize("code", [1003, 1008, 1009, 4003])
+@pytest.mark.parametrize("code", [1003, 1007, 1008, 1009, 4003])
 def test_refusing_close_codes_are_fatal(code: int) -> None:
     assert default_classifier(LinkClosed(code, "no")) == "fatal"
 

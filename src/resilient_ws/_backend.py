@@ -66,6 +66,7 @@ __all__ = [
     "resolve_proxy",
     "response_headers",
     "resume_reading",
+    "POISONED",
     "ping",
     "pong",
     "send_ping",
@@ -654,9 +655,24 @@ async def wait_link_closed(raw: RawLink) -> None:
 
 
 def link_closed_error(raw: RawLink) -> LinkClosed:
-    """The LinkClosed error that describes how ``raw`` ended."""
+    """The LinkClosed error that describes how ``raw`` ended.
+
+    Where websockets itself failed the link because of a message the peer sent (too big:
+    1009, not UTF-8: 1007), the code it sent is the end's code, even when the peer's
+    answer never came (websockets reports 1006 then): resent on the next link, the same
+    message would end it again, forever.
+    """
     code = raw.close_code
+    if code is None or code == ABNORMAL_CLOSURE:
+        sent = getattr(getattr(raw, "protocol", None), "close_sent", None)
+        if sent is not None and sent.code in POISONED:
+            return LinkClosed(sent.code, sent.reason)
     return LinkClosed(ABNORMAL_CLOSURE if code is None else code, raw.close_reason or "")
+
+
+POISONED = frozenset({1007, 1009})
+"""Close codes of a link ended by a message it carried (invalid UTF-8, too big): resending
+the message would end the next link too."""
 
 
 def parse_retry_after(value: str | None, now: float) -> float | None:
@@ -706,6 +722,9 @@ def translate(exc: BaseException, now: float | None = None) -> LinkError:
     if isinstance(exc, ConnectionClosed):
         rcvd = exc.rcvd
         if rcvd is None:
+            sent = exc.sent  # see link_closed_error
+            if sent is not None and sent.code in POISONED:
+                return LinkClosed(sent.code, sent.reason)
             return LinkClosed(ABNORMAL_CLOSURE)
         return LinkClosed(rcvd.code, rcvd.reason)
     # trio wraps TLS failures in BrokenResourceError: judge them by their cause.

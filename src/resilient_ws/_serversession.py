@@ -272,12 +272,13 @@ class ServerSession(MessageIterator):
         ``"superseded"`` by a newer one."""
         if self._raw is not raw:
             return "superseded"
-        code = raw.close_code
+        code = _backend.link_closed_error(raw).code
         self._detach()
         if code in (1000, 1001):
             self._end(ConnectionClosedOK("the client closed the session"))
             return "ended"
-        if not self.replay:
+        # A message too big or not UTF-8, either way: a resume would carry it again.
+        if not self.replay or code in _backend.POISONED:
             self._end(self._link_ended_error(raw))
             return "ended"
         return "detached"
