@@ -13,12 +13,13 @@ from types import SimpleNamespace
 
 import anyio
 import pytest
-from _helpers import TIMEOUT
+from _helpers import TIMEOUT, next_event
+from structlog.testing import capture_logs
 from websockets.exceptions import ConnectionClosedError
 from websockets.frames import Close
 
 import resilient_ws
-from resilient_ws import ConnectionFailed, Disconnected, ServerSession
+from resilient_ws import ConnectionFailed, Disconnected, ServerSession, SessionLost
 from resilient_ws._backend import link_closed_error, translate
 
 pytestmark = pytest.mark.anyio
@@ -102,3 +103,41 @@ def test_the_close_code_websockets_sent_is_the_end_when_the_peer_never_answered(
     # A close received is the end, whatever was sent.
     received = translate(ConnectionClosedError(Close(1001, "bye"), Close(1009, "big"), True))
     assert received.code == 1001  # type: ignore[attr-defined]
+
+
+async def test_a_message_that_makes_the_handler_fail_is_resent_once_not_forever() -> None:
+    """serve() ends a session whose handler raised (1011, "handler failed"); the client
+    starts a new session and resends what was unacknowledged (``resend_on_loss``). Once;
+    after a second such failure in a row they are reported, not resent: before, the same
+    message crashed the handler 8 times in 30 s."""
+    seen: list[str] = []
+
+    async def handler(session: ServerSession) -> None:
+        async for message in session:
+            seen.append(str(message))
+            if message == "boom":
+                raise ValueError("the application cannot take this message")
+            await session.send(message)
+
+    async with serve(handler) as server:
+        with capture_logs() as logs:
+            async with resilient_ws.connect(f"ws://127.0.0.1:{server.port}/") as ws:
+                events = ws.events()
+                await ws.send("before")
+                with anyio.fail_after(TIMEOUT):
+                    assert await ws.recv() == "before"
+                await ws.send("boom")
+                await ws.send("after")
+                lost = [await next_event(events, SessionLost)]
+                while lost[-1].resent:  # bounded: next_event fails after TIMEOUT
+                    lost.append(await next_event(events, SessionLost))
+                # The session after that works: nothing is left to crash it.
+                await ws.send("later")
+                with anyio.fail_after(TIMEOUT):
+                    assert await ws.recv() == "later"
+    assert seen.count("boom") == 2
+    assert [event.resent for event in lost] == [lost[0].unacked, 0]
+    assert lost[-1].unacked >= 2  # "boom" and "after" at least: reported, not resent
+    withheld = [entry for entry in logs if entry["event"] == "resilient_ws.resend_withheld"]
+    assert len(withheld) == 1
+    assert withheld[0]["handler_failures"] == 2

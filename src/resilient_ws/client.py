@@ -69,6 +69,11 @@ _EVENT_HISTORY = 256
 # Longest a close (flush, closing handshake) may take when leaving ``async with``.
 _CLOSE_TIMEOUT = 10.0
 # Ended links whose unread messages are kept when the application does not call recv().
+# Close code of serve() when the application's handler raised ("handler failed").
+_HANDLER_FAILED = 1011
+# Sessions lost after a handler failure in a row before the unacknowledged messages are no
+# longer resent (Replay.resend_on_loss): a message may be delivered twice, not forever.
+_MAX_HANDLER_FAILURES = 2
 _MAX_ENDED_LINKS = 8
 
 
@@ -192,6 +197,8 @@ class Connection(MessageIterator):
         # The current link's replay protocol, while the link speaks it.
         self._replay_link: ReplayLink | None = None
         self._resent = self._gaps = 0
+        # Sessions lost in a row after the server closed with 1011 (its handler failed).
+        self._handler_failures = 0
         # The link that send() writes to directly; None while down or flushing.
         self._live: RawLink | None = None
         # On a plain link (no replay protocol): its recently sent messages, to resend
@@ -722,6 +729,18 @@ class Connection(MessageIterator):
         self._report_gap(resumption, "session_lost")
         unacked = resumption.unacked
         resend = self._replay_policy is not None and self._replay_policy.resend_on_loss
+        cause = self._supervisor.last_error
+        if isinstance(cause, LinkClosed) and cause.code == _HANDLER_FAILED:
+            self._handler_failures += 1
+        else:
+            self._handler_failures = 0
+        if resend and unacked and self._handler_failures >= _MAX_HANDLER_FAILURES:
+            # A message among them made the server's handler fail, again: resent, it would
+            # fail the next session too, forever. They are reported instead.
+            resend = False
+            log("resend_withheld", logging.WARNING, connection_id=self.connection_id,
+                session_id=resumption.lost_session, messages=len(unacked),
+                handler_failures=self._handler_failures)  # fmt: skip
         if resend:
             for message in reversed(unacked):
                 self._outbox.appendleft(message, payload_size(message))

@@ -195,7 +195,9 @@ class Replay:
             expired), send the messages it had not acknowledged again as the first
             messages of the new session: at-least-once for them rather than at-most-once.
             Either way they are reported in a :class:`~resilient_ws.SessionLost` event.
-            Client only.
+            Not after the server's handler failed (close 1011) twice in a row with
+            messages unacknowledged: one of them may be what makes it fail, so they are
+            reported and not resent (log event ``resend_withheld``). Client only.
     """
 
     max_messages: int = 65_536
