@@ -283,6 +283,16 @@ class ServerSession(MessageIterator):
             return "ended"
         return "detached"
 
+    def release(self) -> None:
+        """The handler is done: let reference counting free the session at once.
+
+        The error that ended the session was raised into the handler: its traceback's
+        frames refer to the session, a cycle that only the cyclic garbage collector would
+        free, with the session's replay buffer (issue 11: 412 MB of 300 expired sessions).
+        """
+        if self._error is not None:
+            self._error.__traceback__ = None
+
     def expired(self) -> None:
         """The client did not come back within the session store's TTL."""
         self._end(

@@ -345,9 +345,14 @@ class Server:
             await anyio.sleep(_EXPIRY_INTERVAL)
             now = anyio.current_time()
             self._drop_stale_grants(now)
-            for record in self.sessions.expire(now):
-                record.state.expired()
-                log("session_expired", session_id=record.id)
+            self._expire(now)
+
+    def _expire(self, now: float) -> None:
+        """End the sessions whose TTL passed. (A method of its own: a loop variable in
+        the loop above would keep the last one, and its buffers, until the next pass.)"""
+        for record in self.sessions.expire(now):
+            record.state.expired()
+            log("session_expired", session_id=record.id)
 
     # ---- serving links -----------------------------------------------------------------
 
@@ -447,6 +452,7 @@ class Server:
         finally:
             assert session.id is not None
             self.sessions.close(session.id)
+            session.release()
 
     async def _run_handler(self, session: ServerSession, peer: str | None) -> bool:
         """Run the application's handler on ``session`` and log how it ended, as one
