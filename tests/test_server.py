@@ -89,6 +89,33 @@ async def test_the_listen_queue_holds_a_crowd_reconnecting_at_once() -> None:
     assert int(listing[2]) == min(4096, somaxconn)
 
 
+async def test_two_servers_in_one_process_share_the_stall_watchdog() -> None:
+    """Issue 11: a second serve() with the (default) watchdog failed with a RuntimeError:
+    the watchdog's stack dumps are process-wide. Both serve now; the first runs it."""
+
+    async def echo(session: resilient_ws.ServerSession) -> None:
+        async for message in session:
+            await session.send(message)
+
+    with capture_logs() as logs:
+        async with (
+            resilient_ws.serve(echo, "127.0.0.1", 0) as first,
+            resilient_ws.serve(echo, "127.0.0.1", 0) as second,
+        ):
+            assert first.watchdog is not None
+            assert second.watchdog is first.watchdog
+            for server in (first, second):
+                async with resilient_ws.connect(f"ws://127.0.0.1:{server.port}/") as ws:
+                    await ws.send("x")
+                    with anyio.fail_after(TIMEOUT):
+                        assert await ws.recv() == "x"
+    assert [e["event"] for e in logs].count("resilient_ws.stall_watchdog_shared") == 1
+    # Released: the next server runs a watchdog of its own.
+    async with resilient_ws.serve(echo, "127.0.0.1", 0, stall_threshold=0.5) as third:
+        assert third.watchdog is not None
+        assert third.watchdog.threshold == 0.5
+
+
 async def test_leaving_serve_on_a_cancellation_returns() -> None:
     """On trio, websockets' server waited forever for its cancelled serving task."""
     with anyio.fail_after(TIMEOUT), anyio.move_on_after(0.2) as scope:

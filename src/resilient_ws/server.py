@@ -29,6 +29,7 @@ import logging
 import math
 import secrets
 import sys
+import threading
 import traceback
 import weakref
 from collections.abc import Awaitable, Callable
@@ -205,7 +206,7 @@ class Server:
             if self._replay is not None:
                 tasks.start_soon(self._expire_sessions)
             if self.watchdog is not None:
-                tasks.start_soon(self.watchdog.run)
+                self.watchdog = self._claim_watchdog(self.watchdog, tasks)
             if self._beacon_interval is not None:
                 tasks.start_soon(self._broadcast_beacons, self._beacon_interval)
             task_status.started()
@@ -495,6 +496,31 @@ class Server:
         keepalive.start(lazily=True)
         return keepalive
 
+    @staticmethod
+    def _claim_watchdog(mine: StallWatchdog, tasks: anyio.abc.TaskGroup) -> StallWatchdog:
+        """Run ``mine``, unless another serve() of this process runs its watchdog: its
+        stack dumps are process-wide, so there is one. Then share that one while it runs
+        (a second serve() failed with a RuntimeError before, issue 11)."""
+        global _running_watchdog
+        with _watchdog_lock:
+            running = _running_watchdog
+            if running is None:
+                _running_watchdog = mine
+        if running is not None:
+            log("stall_watchdog_shared", threshold=running.threshold)
+            return running
+
+        async def run() -> None:
+            global _running_watchdog
+            try:
+                await mine.run()
+            finally:
+                with _watchdog_lock:
+                    _running_watchdog = None
+
+        tasks.start_soon(run)
+        return mine
+
     def _last_stall(self) -> Stall | None:
         return None if self.watchdog is None else self.watchdog.last_stall
 
@@ -546,6 +572,10 @@ class Server:
                 connection.beacon_state = state
                 self._send_beacon(connection, data)
 
+
+# The watchdog that a serve() of this process runs (one per process: see _claim_watchdog).
+_running_watchdog: StallWatchdog | None = None
+_watchdog_lock = threading.Lock()
 
 # Shortest time between two beacons that answer a link's probes (seconds).
 _BEACON_SPACING = 0.1
@@ -684,8 +714,9 @@ def serve(
             websockets' fixed ``ping_interval``/``ping_timeout`` in charge.
         beacon_interval: Seconds between lag beacons to each client; ``None`` disables them.
         stall_threshold: Loop lag, in seconds, that the :class:`~resilient_ws.StallWatchdog`
-            reports as a stall; ``None`` disables the watchdog (it is process-wide: only one
-            may run).
+            reports as a stall; ``None`` disables the watchdog. It is process-wide: a
+            second ``serve()`` in the process shares the first one's watchdog (and its
+            threshold) while that server runs (log event ``stall_watchdog_shared``).
         replay: Settings of the replay protocol, offered to every client (bounds of each
             session's replay buffer, which also holds what ``session.send()`` sends while
             the client is away); ``None`` turns it off: every link is a plain session.
