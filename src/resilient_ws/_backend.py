@@ -11,6 +11,7 @@ import datetime
 import email.utils
 import errno
 import functools
+import logging
 import math
 import socket
 import ssl
@@ -33,8 +34,8 @@ from websockets.frames import Opcode
 from websockets.protocol import State
 from websockets.uri import parse_uri
 
-from . import _tcpinfo
-from ._logging import redact_url
+from . import _tcpinfo, _timers
+from ._logging import log, redact_url
 from ._protocol import BEACON_PREFIX, Beacon, ControlError, beacon_of, decode_control
 from .exceptions import (
     HandshakeFailed,
@@ -164,13 +165,19 @@ class _Recording:
     control: ControlHandler | None
     beacon_at: float  # when serve() last answered a probe with a beacon
     beacon_state: object  # what serve()'s last beacon to this link said, in short
+    # Control frames (pings, pongs) received in the current second, and when it began.
+    control_frames: int
+    control_since: float
+
+    _trio = False  # set by connection_class()
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.last_inbound = 0.0
-        self.last_data = self.beacon_at = -math.inf
+        self.last_data = self.beacon_at = self.control_since = -math.inf
         self.waker = self.on_ping = self.on_pong = None
         self.last_beacon = self.control = None
         self.beacon_state = None
+        self.control_frames = 0
         super().__init__(*args, **kwargs)
 
     def _now(self) -> float:
@@ -180,6 +187,8 @@ class _Recording:
         now = self.last_inbound = self._now()
         # Handshake events (Request, Response) come through here too: they have no opcode.
         opcode = getattr(event, "opcode", None)
+        if (opcode is Opcode.PONG or opcode is Opcode.PING) and self._flooding(now):
+            return  # websockets answered the ping already; nothing else is done with it
         if opcode is Opcode.PONG:
             if event.data.startswith(BEACON_PREFIX):
                 self._control(bytes(event.data))
@@ -190,6 +199,23 @@ class _Recording:
         super().process_event(event)  # type: ignore[misc]
         if opcode is Opcode.PING and self.on_ping is not None:
             self.on_ping(self)
+
+    def _flooding(self, now: float) -> bool:
+        """Count a control frame; past :data:`MAX_CONTROL_FRAMES` in a second, close the
+        link (1008) and ignore the rest: a flood of pongs or pings from one peer would
+        take the whole process's CPU."""
+        if now - self.control_since >= 1.0:
+            self.control_since, self.control_frames = now, 0
+        self.control_frames += 1
+        if self.control_frames <= MAX_CONTROL_FRAMES:
+            return False
+        if self.control_frames == MAX_CONTROL_FRAMES + 1:
+            log("control_flood", logging.WARNING, peer=str(peer_address(self)),
+                frames=self.control_frames, limit=MAX_CONTROL_FRAMES)  # fmt: skip
+            _timers.Timers.current(self._trio).spawn(
+                close_link, self, 1008, "control frame flood"
+            )
+        return True
 
     async def send(self, message: Any, *, text: bool | None = None) -> None:
         self._data(self._now())
@@ -219,6 +245,10 @@ class _Recording:
 
 
 _DATA_OPCODES = frozenset((Opcode.TEXT, Opcode.BINARY, Opcode.CONT))
+
+MAX_CONTROL_FRAMES = 5000
+"""Pings and pongs a link may receive per second; beyond, it is closed with 1008. A replay
+peer's acks (one pong per 64 messages by default) stay far below it."""
 
 
 class _Counting:
@@ -321,11 +351,11 @@ def connection_class(side: Literal["client", "server"], trio: bool) -> type[Any]
         now = _asyncio_now
     if side == "server":
         base = module.server.ServerConnection
-        slots = {"_now": now, "__slots__": _RECORDING_SLOTS}
+        slots = {"_now": now, "_trio": trio, "__slots__": _RECORDING_SLOTS}
         return type(f"Recording{base.__name__}", (_Recording, base), slots)
     base = module.client.ClientConnection
     end = _TrioEnd if trio else _AsyncioEnd
-    slots = {"_now": now, "__slots__": _RECORDING_SLOTS + _COUNTING_SLOTS}
+    slots = {"_now": now, "_trio": trio, "__slots__": _RECORDING_SLOTS + _COUNTING_SLOTS}
     return type(f"Recording{base.__name__}", (_Counting, _Recording, end, base), slots)
 
 

@@ -47,10 +47,17 @@ class Timers:
     """The loop's clock (``anyio.current_time()``), callable from a timer callback."""
 
     @staticmethod
-    def current() -> Timers:
-        """The running loop's timers, made at first use. Call it inside the loop."""
-        if sniffio.current_async_library() == "trio":
-            return _TrioTimers.current()
+    def current(trio: bool | None = None) -> Timers:
+        """The running loop's timers, made at first use. Call it inside the loop.
+
+        Args:
+            trio: Whether the loop is trio's; ``None``: ask sniffio, which cannot tell in
+                an asyncio protocol callback (no task runs there).
+        """
+        if trio is None:
+            trio = sniffio.current_async_library() == "trio"
+        if trio:
+            return _TrioTimers.of_run()
         loop = asyncio.get_running_loop()
         timers = _asyncio_timers.get(loop)
         if timers is None:
@@ -143,7 +150,8 @@ class _TrioTimers(Timers):
         self._running = False  # the system task
 
     @classmethod
-    def current(cls) -> _TrioTimers:
+    def of_run(cls) -> _TrioTimers:
+        """The running trio run's timers."""
         import trio
 
         if cls._run_var is None:

@@ -1,0 +1,114 @@
+"""A flood of control frames from one link (issue 11): the link is closed, others go on.
+
+Issue 11 measured 154k pongs/s accepted from one link: the server at 87 % CPU and another
+client's echo from 0.6 ms to 177 ms. Past ``MAX_CONTROL_FRAMES`` pings and pongs in a
+second, a link is closed with 1008 and the event ``control_flood`` is logged. The hostile
+side is a raw TCP client; real serve() on 127.0.0.1, default settings, both backends.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import struct
+
+import anyio
+import pytest
+from _helpers import TIMEOUT
+from structlog.testing import capture_logs
+
+import resilient_ws
+from resilient_ws._backend import MAX_CONTROL_FRAMES
+from resilient_ws._protocol import SUBPROTOCOL
+
+pytestmark = pytest.mark.anyio
+
+# A masked, empty control frame: FIN + opcode, mask bit + length 0, the mask.
+PONG = b"\x8a\x80" + b"\x00\x00\x00\x00"
+PING = b"\x89\x80" + b"\x00\x00\x00\x00"
+
+
+async def open_raw(port: int) -> anyio.abc.SocketStream:
+    stream = await anyio.connect_tcp("127.0.0.1", port)
+    key = base64.b64encode(os.urandom(16)).decode()
+    await stream.send(
+        (
+            f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            f"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: {SUBPROTOCOL}\r\n\r\n"
+        ).encode()
+    )
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += await stream.receive()
+    assert head.startswith(b"HTTP/1.1 101")
+    return stream
+
+
+async def close_code(stream: anyio.abc.SocketStream, rest: bytes) -> int | None:
+    """Read frames until a close frame; its code (None if the connection just ended)."""
+    data = rest
+    while True:
+        while len(data) >= 2:
+            opcode, length = data[0] & 0x0F, data[1] & 0x7F
+            start = 2 + {126: 2, 127: 8}.get(length, 0)
+            if length >= 126:
+                fmt = "!H" if length == 126 else "!Q"
+                length = struct.unpack(fmt, data[2:start])[0]
+            if len(data) < start + length:
+                break
+            if opcode == 0x8:
+                return int(struct.unpack("!H", data[start : start + 2])[0])
+            data = data[start + length :]
+        try:
+            data += await stream.receive()
+        except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+            return None
+
+
+@pytest.mark.parametrize("frame", [PONG, PING], ids=["pongs", "pings"])
+async def test_a_control_frame_flood_closes_that_link_only(frame: bytes) -> None:
+    async def echo(session: resilient_ws.ServerSession) -> None:
+        async for message in session:
+            await session.send(message)
+
+    with capture_logs() as logs:
+        async with resilient_ws.serve(echo, "127.0.0.1", 0, stall_threshold=None) as server:
+            url = f"ws://127.0.0.1:{server.port}/"
+            async with resilient_ws.connect(url) as bystander:
+                flooder = await open_raw(server.port)
+                try:
+                    with anyio.fail_after(TIMEOUT):
+                        await flooder.send(frame * (2 * MAX_CONTROL_FRAMES))
+                        assert await close_code(flooder, b"") == 1008
+                finally:
+                    await flooder.aclose()
+                # The well-behaved client never noticed.
+                await bystander.send("still here")
+                with anyio.fail_after(TIMEOUT):
+                    assert await bystander.recv() == "still here"
+                assert bystander.stats.links == 1
+    flood = [entry for entry in logs if entry["event"] == "resilient_ws.control_flood"]
+    assert len(flood) == 1  # once per link, not per frame
+    assert flood[0]["limit"] == MAX_CONTROL_FRAMES
+
+
+async def test_control_frames_below_the_limit_keep_the_link() -> None:
+    async def echo(session: resilient_ws.ServerSession) -> None:
+        async for message in session:
+            await session.send(message)
+
+    async with resilient_ws.serve(echo, "127.0.0.1", 0, stall_threshold=None) as server:
+        stream = await open_raw(server.port)
+        try:
+            await stream.send(PONG * (MAX_CONTROL_FRAMES // 2))
+            # A masked text frame "ok": the link still echoes it.
+            mask = b"\x01\x02\x03\x04"
+            payload = bytes(b ^ mask[i % 4] for i, b in enumerate(b"ok"))
+            await stream.send(b"\x81\x82" + mask + payload)
+            data = b""
+            with anyio.fail_after(TIMEOUT):
+                while b"ok" not in data:
+                    data += await stream.receive()
+        finally:
+            await stream.aclose()
