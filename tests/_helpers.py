@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import base64
+import os
 from collections.abc import AsyncIterator
 from typing import TypeVar
 
 import anyio
+import anyio.abc
 
 from resilient_ws import Backoff, Event
+from resilient_ws._protocol import SUBPROTOCOL
 
 E = TypeVar("E", bound=Event)
 
@@ -23,3 +27,23 @@ async def next_event(events: AsyncIterator[Event], kind: type[E]) -> E:
             if isinstance(event, kind):
                 return event
     raise AssertionError(f"events ended before a {kind.__name__}")
+
+
+async def raw_handshake(port: int) -> tuple[int, dict[str, str], anyio.abc.SocketStream]:
+    """Open a TCP connection and send an opening handshake offering the replay protocol,
+    by hand; the response's status, its headers (lowercase names) and the stream."""
+    stream = await anyio.connect_tcp("127.0.0.1", port)
+    key = base64.b64encode(os.urandom(16)).decode()
+    await stream.send(
+        (
+            f"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            f"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: {SUBPROTOCOL}\r\n\r\n"
+        ).encode()
+    )
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += await stream.receive()
+    lines = head.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), {k.lower(): v for k, v in headers.items()}, stream

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import base64
-import os
 from typing import Any
 
 import anyio
 import anyio.abc
 import pytest
+from _helpers import raw_handshake
 from structlog.testing import capture_logs
 
 import resilient_ws
 from resilient_ws._admission import MAX_RETRY_AFTER, Admission
-from resilient_ws._protocol import SUBPROTOCOL
 
 TIMEOUT = 20
 
@@ -124,25 +122,6 @@ def serve(gate: Gate, max_handshakes: int | None) -> resilient_ws.Server:
         max_handshakes=max_handshakes,
         process_request=gate,
     )
-
-
-async def raw_handshake(port: int) -> tuple[int, dict[str, str], anyio.abc.SocketStream]:
-    """Send an opening handshake offering the replay protocol; the status and headers."""
-    stream = await anyio.connect_tcp("127.0.0.1", port)
-    key = base64.b64encode(os.urandom(16)).decode()
-    await stream.send(
-        (
-            f"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-            f"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: {SUBPROTOCOL}\r\n\r\n"
-        ).encode()
-    )
-    head = b""
-    while b"\r\n\r\n" not in head:
-        head += await stream.receive()
-    lines = head.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
-    headers = dict(line.split(": ", 1) for line in lines[1:])
-    return int(lines[0].split()[1]), {k.lower(): v for k, v in headers.items()}, stream
 
 
 @pytest.mark.anyio

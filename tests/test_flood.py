@@ -8,18 +8,15 @@ side is a raw TCP client; real serve() on 127.0.0.1, default settings, both back
 
 from __future__ import annotations
 
-import base64
-import os
 import struct
 
 import anyio
 import pytest
-from _helpers import TIMEOUT
+from _helpers import TIMEOUT, raw_handshake
 from structlog.testing import capture_logs
 
 import resilient_ws
 from resilient_ws._backend import MAX_CONTROL_FRAMES
-from resilient_ws._protocol import SUBPROTOCOL
 
 pytestmark = pytest.mark.anyio
 
@@ -29,19 +26,8 @@ PING = b"\x89\x80" + b"\x00\x00\x00\x00"
 
 
 async def open_raw(port: int) -> anyio.abc.SocketStream:
-    stream = await anyio.connect_tcp("127.0.0.1", port)
-    key = base64.b64encode(os.urandom(16)).decode()
-    await stream.send(
-        (
-            f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-            f"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: {SUBPROTOCOL}\r\n\r\n"
-        ).encode()
-    )
-    head = b""
-    while b"\r\n\r\n" not in head:
-        head += await stream.receive()
-    assert head.startswith(b"HTTP/1.1 101")
+    status, _, stream = await raw_handshake(port)
+    assert status == 101
     return stream
 
 

@@ -30,6 +30,7 @@ from typing import Any
 
 import anyio
 
+from . import _backend
 from ._logging import log
 
 __all__ = ["Admission", "ShedReport", "counting", "process_request"]
@@ -161,9 +162,9 @@ def counting(base: type[Any], admission: Admission) -> type[Any]:
         async def decided(connection: Any, request: Any, response: Any) -> Any:
             try:
                 if process_response is not None:
-                    replaced = process_response(connection, request, response)
-                    if isinstance(replaced, Awaitable):
-                        replaced = await replaced
+                    replaced = await _backend.run_hook(
+                        process_response, connection, request, response
+                    )
                     if replaced is not None:
                         response = replaced
             except BaseException:
@@ -229,9 +230,6 @@ def process_request(
             return response
         if theirs is None:
             return None
-        response = theirs(connection, request)
-        if isinstance(response, Awaitable):
-            response = await response
-        return response
+        return await _backend.run_hook(theirs, connection, request)
 
     return process

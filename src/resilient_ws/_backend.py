@@ -67,6 +67,7 @@ __all__ = [
     "resolve_proxy",
     "response_headers",
     "resume_reading",
+    "run_hook",
     "POISONED",
     "ping",
     "pong",
@@ -498,6 +499,15 @@ def resume_reading(raw: Any) -> None:
     """
     if getattr(raw, "recv_flow_control", None) is not None:
         raw.resume_reading()
+
+
+async def run_hook(hook: Callable[..., Any], *args: Any) -> Any:
+    """Call an application's websockets hook (``process_request``...), sync or async; its
+    result."""
+    result = hook(*args)
+    if isinstance(result, Awaitable):
+        result = await result
+    return result
 
 
 async def close_link(raw: RawLink, code: int, reason: str) -> None:

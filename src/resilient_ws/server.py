@@ -251,9 +251,7 @@ class Server:
     def _chain_process_response(self, theirs: Any) -> Callable[..., Awaitable[Any]]:
         async def process_response(connection: Any, request: Any, response: Any) -> Any:
             if theirs is not None:
-                replaced = theirs(connection, request, response)
-                if isinstance(replaced, Awaitable):
-                    replaced = await replaced
+                replaced = await _backend.run_hook(theirs, connection, request, response)
                 if replaced is not None:
                     response = replaced
             # No await from here on: the grant must describe the state the link starts from.
