@@ -213,6 +213,17 @@ async def test_time_budget_exhausted() -> None:
     assert isinstance(history[-1], Closed)
 
 
+async def test_wss_to_a_plain_port_is_retried_on_both_backends() -> None:
+    """Issue 11: the server's reset during the TLS handshake was fatal on trio (an SSL EOF)
+    and retried on asyncio (a plain reset). A server restarting looks the same: retried."""
+    with ThreadServer() as server:  # no TLS on this port
+        url = f"wss://127.0.0.1:{server.port}/"
+        with anyio.move_on_after(1.5) as scope:
+            async with resilient_ws.connect(url, backoff=FAST):
+                pytest.fail("must not open")
+        assert scope.cancelled_caught  # still retrying: nothing fatal was raised
+
+
 async def test_tls_verification_failure_is_fatal() -> None:
     ca = trustme.CA()
     server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

@@ -773,6 +773,11 @@ def translate(exc: BaseException, now: float | None = None) -> LinkError:
         return TLSVerificationFailed(
             f"TLS certificate verification failed: {tls_error.verify_message}"
         )
+    if isinstance(tls_error, ssl.SSLEOFError):
+        # The peer closed during the TLS handshake: a server restarting, or one that does
+        # not speak TLS on this port. asyncio reports the same as a plain reset, which is
+        # transient: so is this (issue 11: it was fatal on trio only).
+        return LinkUnreachable(f"connection closed during the TLS handshake: {tls_error}")
     if tls_error is not None:
         return HandshakeFailed(f"TLS handshake failed: {tls_error}")
     if isinstance(exc, (OSError, EOFError, TimeoutError)):
