@@ -213,9 +213,17 @@ class _Recording:
         if self.control_frames == MAX_CONTROL_FRAMES + 1:
             log("control_flood", logging.WARNING, peer=str(peer_address(self)),
                 frames=self.control_frames, limit=MAX_CONTROL_FRAMES)  # fmt: skip
-            _timers.Timers.current(self._trio).spawn(
-                close_link, self, 1008, "control frame flood"
-            )
+            # Fail the connection: the close frame goes out, and websockets discards what
+            # else arrives unparsed (a closing handshake would parse the flood on while it
+            # waited for the peer's close, which a flooder never sends).
+            protocol: Any = getattr(self, "protocol")  # noqa: B009 - set by websockets
+            protocol.fail(1008, "control frame flood")
+            if self._trio:  # its writes wait for the socket: a task writes it
+                _timers.Timers.current(trio=True).spawn(_flush_and_close, self)
+            else:
+                getattr(self, "send_data")()  # noqa: B009 - websockets'
+                # Stop reading now; the socket closes once the close frame is written.
+                getattr(self, "transport").close()  # noqa: B009 - websockets'
         return True
 
     async def send(self, message: Any, *, text: bool | None = None) -> None:
@@ -243,6 +251,17 @@ class _Recording:
             self.last_beacon = beacon
         if self.control is not None:
             self.control.on_control(fields)
+
+
+async def _flush_and_close(link: Any) -> None:
+    """trio: write a failed link's close frame, then close its stream, so that nothing
+    more is read from it; a link already broken is not an error."""
+    try:
+        await link.send_data()
+        await link.stream.aclose()
+    except Exception as exc:
+        if not isinstance(exc, OSError) and not _is_trio_stream_error(exc):
+            raise
 
 
 _DATA_OPCODES = frozenset((Opcode.TEXT, Opcode.BINARY, Opcode.CONT))
