@@ -12,7 +12,7 @@ The rules are those of the replay protocol, ``docs/protocol.md`` sections 2 to 4
   and bytes, dropping the oldest; ``replay_from`` is the lowest number it can still resend.
 - :class:`Inbound` (the receiving half) counts what arrived and says when a cumulative
   ``ack`` is due (every ``ack_every`` messages or ``ack_delay`` seconds after the first
-  unacknowledged one), and when the I/O layer's ack task must wake: only when an ack
+  unacknowledged one), and when the I/O layer must look (its ack timer): only when an ack
   may be due, never once per message.
 - On resume each half compares its numbers with the peer's handshake headers: what the
   peer lacks is resent, and what cannot be resent is a :class:`Gap`.
@@ -324,8 +324,8 @@ class Inbound:
     """The receiving half of a session: counting, coalesced acks, resume, session loss.
 
     An ``ack`` is due once ``ack_every`` messages are unacknowledged, or ``ack_delay``
-    seconds after the first unacknowledged one arrived. The I/O layer's ack task sleeps
-    in between: :meth:`deliver` says when it must wake now, and :meth:`ack_timer` when it
+    seconds after the first unacknowledged one arrived. The I/O layer's ack timer waits
+    in between: :meth:`deliver` says when it must look now, and :meth:`ack_timer` when it
     must look again at the latest. After an ack the timer stays armed for one
     ``ack_delay`` (messages arriving meanwhile cannot be due before it fires), so on a
     link that keeps receiving the task wakes once per ack: not per message, and not a
@@ -359,7 +359,7 @@ class Inbound:
         self._ack_delay = ack_delay
         # When the first unacknowledged message arrived (meaningless while none is).
         self._first_unacked_at = 0.0
-        # The ack task's timer as last armed by ack_timer() (None: it sleeps until woken),
+        # The ack timer as last armed by ack_timer() (None: none, until deliver() says to look),
         # and whether an ack was taken since (the timer then stays armed one more delay).
         self._timer: float | None = None
         self._linger = False
@@ -380,7 +380,7 @@ class Inbound:
             now: When it arrived, seconds on a monotonic clock.
 
         Returns:
-            Whether the ack task must wake now: an ack is due by count, or this is the
+            Whether the I/O layer must look now: an ack is due by count, or this is the
             first unacknowledged message and no timer is armed (:meth:`ack_timer`)
             that will look at it in time.
         """
@@ -405,7 +405,7 @@ class Inbound:
         return unacked > 0 and now >= self._first_unacked_at + self._ack_delay
 
     def ack_timer(self, now: float) -> float | None:
-        """Arm the ack task's timer: when it must look again, at the latest.
+        """Arm the ack timer: when the I/O layer must look again, at the latest.
 
         Call it after acting on :meth:`ack_due`, before the task sleeps.
 
@@ -485,6 +485,6 @@ class Inbound:
         self.acked = self.received
 
     def _new_link(self) -> None:
-        """A resume or a new session: the next link's ack task arms its own timer."""
+        """A resume or a new session: the next link arms its own ack timer."""
         self._timer = None
         self._linger = False
