@@ -61,7 +61,8 @@ async def test_an_expired_session_is_freed_without_the_cyclic_gc() -> None:
             handler, "127.0.0.1", 0, stall_threshold=None, sessions=store
         ) as server:
             async with connect(
-                f"ws://127.0.0.1:{server.port}/", subprotocols=[SUBPROTOCOL]  # type: ignore[list-item]
+                f"ws://127.0.0.1:{server.port}/",
+                subprotocols=[SUBPROTOCOL],  # type: ignore[list-item]
             ) as ws:
                 await ws.send("x" * 100_000)  # something for the session to hold
                 with anyio.fail_after(TIMEOUT):
