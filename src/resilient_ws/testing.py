@@ -94,8 +94,10 @@ class _Pipe:
     def _deliver(self, data: bytes) -> None:
         assert self.sink is not None
         if data:
-            self.sink.write(data)
+            # Counted first: the write may reach the other end, and another thread read
+            # it there, before this thread would get to count it.
             self._proxy._count(self._upstream, len(data))
+            self.sink.write(data)
             return
         self.eof_sent = True
         if self.sink.can_write_eof():
