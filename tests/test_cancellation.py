@@ -580,13 +580,14 @@ async def test_lag_monitor_body_exception_propagates_as_itself() -> None:
 
 
 @contextmanager
-def broken_link_task(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Make the connection's per-link task crash: a stand-in for a bug in the library."""
+def broken_link_setup(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Make the connection's link set-up (run by its background supervisor task) crash: a
+    stand-in for a bug in the library."""
 
-    async def crash(self: object, raw: object) -> None:
+    async def crash(self: object, raw: object, number: int) -> bool:
         raise RuntimeError("a bug in a background task")
 
-    monkeypatch.setattr(resilient_ws.Connection, "_run_link", crash)
+    monkeypatch.setattr(resilient_ws.Connection, "_begin_link", crash)
     yield
 
 
@@ -597,7 +598,7 @@ async def test_a_bug_in_a_background_task_surfaces(monkeypatch: pytest.MonkeyPat
 
     with (
         ThreadServer() as server,
-        broken_link_task(monkeypatch),
+        broken_link_setup(monkeypatch),
         anyio.fail_after(PROMPT),
         pytest.raises(RuntimeError, match="a bug") as raised,
     ):

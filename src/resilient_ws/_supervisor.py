@@ -60,10 +60,6 @@ class Session(Protocol):
     async def _begin_link(self, raw: RawLink, number: int) -> bool:
         """Set up a new link (resume the replay session); whether ``on_connect`` runs."""
 
-    async def _run_link(self, raw: RawLink) -> None:
-        """Start the session's own work on a new link; return at once (a link's background
-        work runs from the loop's timers, not from a task per link)."""
-
     def _numbering(self, raw: RawLink) -> ReplayLink | None:
         """The replay protocol on ``raw`` (a ``ReplayLink``), or ``None``."""
 
@@ -269,7 +265,6 @@ class Supervisor:
 
         Returns when the application closed the connection; raises LinkError otherwise.
         """
-        await self._session._run_link(raw)
         keepalive = self._watch(raw)
         try:
             await self._set_up(raw, url)

@@ -760,9 +760,6 @@ class Connection(MessageIterator):
             resent=resent,
         )
 
-    async def _run_link(self, raw: RawLink) -> None:
-        """Nothing: a replay link sends its acks from the loop's timers, without a task."""
-
     def _readable(self, raw: RawLink, number: int) -> None:
         self._links.append((raw, number, self._numbering(raw)))
         self._changed.notify()
