@@ -485,3 +485,42 @@ async def test_an_oversize_message_ends_with_1009_not_a_resend_loop() -> None:
             assert disconnected.fatal
             with pytest.raises(ConnectionFailed):
                 await ws.recv()
+
+
+async def test_control_frames_sent_without_waiting_arrive_in_order(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A burst of send_control() (probes, acks, beacons are sent so) reaches the peer in
+    order; on trio one flush task per link writes the burst, not a task per frame."""
+    from resilient_ws import _backend
+
+    flushes: list[object] = []
+    flush = _backend._flush_queued
+
+    async def counted(link: Any) -> None:
+        flushes.append(link)
+        await flush(link)
+
+    monkeypatch.setattr(_backend, "_flush_queued", counted)
+    pongs: list[bytes] = []
+    answered = anyio.Event()
+    sent = [b"probe %d" % i for i in range(200)]
+
+    def on_pong(data: bytes, at: float) -> None:
+        pongs.append(data)
+        if len(pongs) == len(sent):
+            answered.set()
+
+    async def pinger(session: ServerSession) -> None:
+        raw: Any = session._raw  # type: ignore[attr-defined]
+        raw.on_pong = on_pong
+        for data in sent:
+            _backend.send_control(raw, data, ping=True)
+        await anyio.sleep_forever()
+
+    async with serve(pinger) as server, raw_connect(f"ws://127.0.0.1:{server.port}/"):
+        # websockets' client answers each ping with a pong in its background reader.
+        with anyio.fail_after(TIMEOUT):
+            await answered.wait()
+    assert pongs == sent
+    assert len(flushes) == (1 if is_trio() else 0)

@@ -71,9 +71,7 @@ __all__ = [
     "POISONED",
     "ping",
     "pong",
-    "send_ping",
-    "ping_nowait",
-    "pong_nowait",
+    "send_control",
     "timed_out",
     "translate",
     "wait_link_closed",
@@ -101,16 +99,20 @@ class RawLink(Protocol):
     @property
     def last_inbound(self) -> float:
         """Event-loop time of the last frame received (set by our connection subclasses)."""
+
     @property
     def last_data(self) -> float:
         """Event-loop time of the last message frame received or sent."""
+
     @property
     def last_beacon(self) -> Beacon | None:
         """The peer's last lag beacon, if it sends them."""
+
     @property
     def bytes_written(self) -> int:
         """Bytes handed to the transport so far, handshake included (set by our
         connection subclasses): the offset where the last frame written ends."""
+
     control: ControlHandler | None
     """Where control messages go, on a link that negotiated the replay protocol."""
 
@@ -169,6 +171,10 @@ class _Recording:
     # Control frames (pings, pongs) received in the current second, and when it began.
     control_frames: int
     control_since: float
+    # trio: whether frames are queued for the link's flush task, and whether it runs
+    # (see send_control).
+    unflushed: bool
+    flushing: bool
 
     _trio = False  # set by connection_class()
 
@@ -179,6 +185,7 @@ class _Recording:
         self.last_beacon = self.control = None
         self.beacon_state = None
         self.control_frames = 0
+        self.unflushed = self.flushing = False
         super().__init__(*args, **kwargs)
 
     def _now(self) -> float:
@@ -550,20 +557,9 @@ async def ping(raw: RawLink) -> Callable[[], Awaitable[object]]:
     return wait
 
 
-async def send_ping(raw: RawLink, data: bytes) -> None:
-    """Send a ping carrying ``data``, without websockets' wait for its pong (the caller
-    watches pongs through the connection's ``on_pong``).
-
-    Raises:
-        ConnectionClosed: The link is closed.
-    """
-    connection: Any = raw
-    async with connection.send_context():
-        connection.protocol.send_ping(data)
-
-
 async def pong(raw: RawLink, data: bytes) -> None:
-    """Send an unsolicited pong carrying ``data`` (a control message).
+    """Send an unsolicited pong carrying ``data`` (a control message) and wait for the
+    write.
 
     Raises:
         ConnectionClosed: The link is closed.
@@ -571,21 +567,42 @@ async def pong(raw: RawLink, data: bytes) -> None:
     await getattr(raw, "pong")(data)  # noqa: B009 - not part of RawLink's protocol
 
 
-def pong_nowait(raw: Any, data: bytes) -> None:
-    """Send an unsolicited pong now, without waiting: into the transport's buffer, as
-    websockets answers pings itself. asyncio only (trio's writes wait for the socket: use
-    :func:`pong` in a task). Nothing is sent on a link that is not open."""
-    if raw.protocol.state is _OPEN:
-        raw.protocol.send_pong(data)
-        raw.send_data()
+def send_control(raw: Any, data: bytes, *, ping: bool = False) -> None:
+    """Send an unsolicited pong carrying ``data`` (or, with ``ping``, a ping whose pong the
+    caller watches through the connection's ``on_pong``) now, without waiting.
 
-
-def ping_nowait(raw: Any, data: bytes) -> None:
-    """Send a ping carrying ``data`` now, without waiting, as :func:`pong_nowait` sends a
-    pong (asyncio only). Its pong is watched through the connection's ``on_pong``."""
-    if raw.protocol.state is _OPEN:
+    asyncio: into the transport's buffer, as websockets answers pings itself. trio, whose
+    writes wait for the socket: the frame is queued and one task per link writes what is
+    queued (a peer that does not read holds one task, not one per frame). Nothing is sent
+    on a link that is not open; a link that breaks meanwhile is not an error (its reader
+    sees it).
+    """
+    if raw.protocol.state is not _OPEN:
+        return
+    if ping:
         raw.protocol.send_ping(data)
+    else:
+        raw.protocol.send_pong(data)
+    if not raw._trio:
         raw.send_data()
+        return
+    raw.unflushed = True
+    if not raw.flushing:
+        raw.flushing = True
+        _timers.Timers.current(trio=True).spawn(_flush_queued, raw)
+
+
+async def _flush_queued(link: Any) -> None:
+    """trio: write the link's queued frames until none is queued (see send_control)."""
+    try:
+        while link.unflushed:
+            link.unflushed = False
+            await link.send_data()
+    except Exception as exc:
+        if not isinstance(exc, OSError) and not _is_trio_stream_error(exc):
+            raise
+    finally:
+        link.flushing = False
 
 
 def timed_out(raw: Any) -> bool:

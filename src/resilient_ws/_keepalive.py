@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import struct
 from collections.abc import Callable
-from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -119,7 +118,6 @@ class LinkKeepalive:
             quiet = policy.quiet_interval
         self._timers = Timers.current()
         self._now = self._timers.now
-        self._trio = _backend.is_trio()
         self.liveness = Liveness(policy, self._now(), quiet=quiet if self.kernel else None)
         self._retrans_at_probe = 0
         self._announced_stall = False
@@ -241,10 +239,7 @@ class LinkKeepalive:
             ticks=self._ticks_at_probe,
         )
         self.liveness.probe_sent(now)
-        if self._trio:  # trio's writes wait for the socket
-            self._timers.spawn(_ping_quietly, self._raw, probe.data)
-        else:
-            _backend.ping_nowait(self._raw, probe.data)
+        _backend.send_control(self._raw, probe.data, ping=True)
 
     def _took_pong(self, answered: float) -> None:
         probe, self._outstanding = self._outstanding, None
@@ -310,9 +305,7 @@ class LinkKeepalive:
         if diagnosis.verdict is not Verdict.SERVER_STALLED or self._announced_stall:
             return
         self._announced_stall = True
-        self._emit(
-            PeerStalled(at=self._now(), url=self._url, evidence=diagnosis.evidence)
-        )
+        self._emit(PeerStalled(at=self._now(), url=self._url, evidence=diagnosis.evidence))
         log(
             "peer_stalled",
             logging.WARNING,
@@ -345,8 +338,3 @@ class LinkKeepalive:
             timeout=self.liveness.timeout,
             srtt=self.liveness.rtt.srtt,
         )
-
-
-async def _ping_quietly(raw: RawLink, data: bytes) -> None:
-    with suppress(_backend.ConnectionClosed):
-        await _backend.send_ping(raw, data)

@@ -121,8 +121,7 @@ def _line(sample: dict[str, Any]) -> str:
     tcp = sample["tcp"]
     if tcp is not None:
         line += (
-            f" tcp_rtt={_ms(tcp['rtt'])} unacked={tcp['unacked']}"
-            f" retransmits={tcp['retransmits']}"
+            f" tcp_rtt={_ms(tcp['rtt'])} unacked={tcp['unacked']} retransmits={tcp['retransmits']}"
         )
     return line
 

@@ -60,10 +60,8 @@ class ReplayLink:
         "_log_fields",
         "_outbound",
         "_overflow_mark",
-        "_sending",
         "_timer",
         "_timers",
-        "_trio",
         "raw",
         "retired",
         "violation",
@@ -84,11 +82,9 @@ class ReplayLink:
         self._inbound = inbound
         self._log_fields = dict(log_fields)
         self._timers = Timers.current()
-        self._trio = _backend.is_trio()  # see wake()
-        # The ack timer, when it fires; an ack task runs (trio).
+        # The ack timer, and when it fires.
         self._timer: Timer | None = None
         self._deadline = 0.0
-        self._sending = False
         # Overflow is logged once per link: when the count passes this mark.
         self._overflow_mark = outbound.overflowed
         self.retired = False
@@ -130,9 +126,8 @@ class ReplayLink:
         deliveries on the session's :class:`Inbound` themselves): send it if due now,
         else set the timer for when it will be.
 
-        On asyncio the ack is written at once, into the transport's buffer: a busy link
-        acknowledges without a task switch. (trio's writes wait for the socket: there a
-        task sends it.)
+        The ack is written without waiting (:func:`~resilient_ws._backend.send_control`):
+        a busy link acknowledges without a task switch.
         """
         self._look(self.raw.last_inbound)
 
@@ -143,15 +138,11 @@ class ReplayLink:
 
     def _look(self, now: float) -> None:
         """Send the ack if due; set the timer for the next one."""
-        if self.retired or self.violation is not None or self._sending:
-            return  # (an ack task looks again when it is done)
+        if self.retired or self.violation is not None:
+            return
         inbound = self._inbound
         if inbound.ack_due(now):
-            if self._trio:
-                self._sending = True
-                self._timers.spawn(self._send_acks)
-                return
-            _backend.pong_nowait(self.raw, encode_ack(inbound.take_ack()))
+            _backend.send_control(self.raw, encode_ack(inbound.take_ack()))
         deadline = inbound.ack_timer(now)
         if deadline is None or (self._timer is not None and self._deadline <= deadline):
             return
@@ -166,16 +157,6 @@ class ReplayLink:
 
     def _due(self) -> None:
         self._timer = None
-        self._look(self._timers.now())
-
-    async def _send_acks(self) -> None:
-        """trio: send acks until none is due (more may fall due during a write)."""
-        try:
-            while not self.retired and self._inbound.ack_due(self._timers.now()):
-                if not await self.send_ack():
-                    return
-        finally:
-            self._sending = False
         self._look(self._timers.now())
 
     async def send_ack(self) -> bool:

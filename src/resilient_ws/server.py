@@ -33,7 +33,6 @@ import threading
 import traceback
 import weakref
 from collections.abc import Awaitable, Callable
-from contextlib import suppress
 from types import TracebackType
 from typing import Any
 
@@ -126,14 +125,10 @@ class Server:
         self._tasks: anyio.abc.TaskGroup
         # One cancel scope per link being served (websockets runs _handle for each).
         self._serving: set[anyio.CancelScope] = set()
-        self._trio = False
         # The links being served, for lag beacons.
         self._links: set[Any] = set()
 
     async def __aenter__(self) -> Server:
-        # Known now: protocol callbacks on asyncio run outside any task, where sniffio
-        # cannot tell the library.
-        self._trio = _backend.is_trio()
         # One loop-lag monitor per event loop, shared with the loop's other users.
         self.monitor = LoopLagMonitor.acquire()
         self._tasks = anyio.create_task_group()
@@ -543,17 +538,11 @@ class Server:
         state = self._beacon_state()
         if state != connection.beacon_state:
             connection.beacon_at, connection.beacon_state = now, state
-            self._send_beacon(connection, self._beacon())
+            _backend.send_control(connection, self._beacon())
 
     def _beacon_state(self) -> tuple[int, object]:
         """What a beacon says, in short: the lag band and the last stall."""
         return _lag_band(self.monitor.current), self._last_stall()
-
-    def _send_beacon(self, connection: Any, data: bytes) -> None:
-        if self._trio:
-            self._tasks.start_soon(_pong_quietly, connection, data)
-        else:
-            _backend.pong_nowait(connection, data)
 
     async def _broadcast_beacons(self, interval: float) -> None:
         """Send every link a beacon when the loop's lag changed band or after a stall,
@@ -568,7 +557,7 @@ class Server:
             data = self._beacon()
             for connection in list(self._links):
                 connection.beacon_state = state
-                self._send_beacon(connection, data)
+                _backend.send_control(connection, data)
 
 
 # The watchdog that a serve() of this process runs (one per process: see _claim_watchdog).
@@ -585,11 +574,6 @@ _QUIET_LAG = 0.1
 def _lag_band(lag: float) -> int:
     """0 below ``_QUIET_LAG``, then one more per doubling: beacons go out when it changes."""
     return 0 if lag < _QUIET_LAG else 1 + int(math.log2(lag / _QUIET_LAG))
-
-
-async def _pong_quietly(connection: Any, data: bytes) -> None:
-    with suppress(_backend.ConnectionClosed):
-        await _backend.pong(connection, data)
 
 
 def _select_subprotocol(theirs: Any, their_select: Any) -> Callable[[Any, Any], Any]:
