@@ -52,7 +52,10 @@ def test_check_url_rejects(url: object) -> None:
 
 @pytest.mark.parametrize(
     "url",
-    ["http://user:hunter2@example.com/?token=s3cret", "ws://user:hunter2@example.com:0x/?token=s3cret"],
+    [
+        "http://user:hunter2@example.com/?token=s3cret",
+        "ws://user:hunter2@example.com:0x/?token=s3cret",
+    ],
 )
 def test_an_invalid_url_never_shows_its_secrets(url: str) -> None:
     """Issue 11: the message, repr and cause of InvalidURL showed user:password and token."""

@@ -31,10 +31,6 @@ from resilient_ws import (
 pytestmark = pytest.mark.anyio
 
 
-
-
-
-
 async def until_state(ws: resilient_ws.Connection, state: State) -> None:
     events = ws.events()
     with anyio.fail_after(TIMEOUT):
