@@ -10,12 +10,13 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import traceback
 from typing import Any, TextIO
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import structlog
 
-__all__ = ["configure_json_logging", "log", "redact_url"]
+__all__ = ["configure_json_logging", "log", "log_error", "redact_url"]
 
 LOGGER_NAME = "resilient_ws"
 _stdlib_logger = logging.getLogger(LOGGER_NAME)
@@ -55,6 +56,19 @@ def log(event: str, level: int = logging.INFO, **fields: Any) -> None:
     elif _stdlib_logger.isEnabledFor(level):
         detail = " ".join(f"{key}={value!r}" for key, value in fields.items())
         _stdlib_logger.log(level, "%s %s", name, detail, extra={"resilient_ws": fields})
+
+
+def log_error(event: str, exc: BaseException, **fields: Any) -> None:
+    """Log a bug or a crash as one error event, its traceback a field: one JSON line, where
+    a logging record with ``exc_info`` would print many."""
+    log(
+        event,
+        logging.ERROR,
+        **fields,
+        error_type=type(exc).__name__,
+        error=str(exc),
+        traceback="".join(traceback.format_exception(exc)),
+    )
 
 
 def configure_json_logging(file: TextIO | None = None, level: int = logging.INFO) -> None:

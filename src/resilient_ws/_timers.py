@@ -20,15 +20,13 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
-import logging
-import traceback
 import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import sniffio
 
-from ._logging import log
+from ._logging import log_error
 
 __all__ = ["Timer", "Timers"]
 
@@ -82,14 +80,8 @@ async def _logged(function: Callable[..., Awaitable[object]], *args: Any) -> Non
 
 
 def _failed(exc: Exception) -> None:
-    """A bug: one error event, its traceback a field (as serve()'s ``link_failed``)."""
-    log(
-        "timer_failed",
-        logging.ERROR,
-        error_type=type(exc).__name__,
-        error=str(exc),
-        traceback="".join(traceback.format_exception(exc)),
-    )
+    """A bug: one error event, its traceback a field."""
+    log_error("timer_failed", exc)
 
 
 class _AsyncioTimers(Timers):

@@ -30,7 +30,6 @@ import math
 import secrets
 import sys
 import threading
-import traceback
 import weakref
 from collections.abc import Awaitable, Callable
 from types import TracebackType
@@ -42,7 +41,7 @@ import anyio.abc
 from . import _admission, _backend, _taskgroup
 from ._keepalive import LinkKeepalive
 from ._lag import LoopLagMonitor, Stall, StallWatchdog
-from ._logging import log
+from ._logging import log, log_error
 from ._protocol import (
     SUBPROTOCOL,
     Beacon,
@@ -366,7 +365,7 @@ class Server:
         except Exception as exc:
             # Not the application's handler (its errors are handler_failed): a fault of
             # serve() itself, still one event, and the link ends as websockets would end it.
-            _log_failure("link_failed", exc, None, _peer(connection))
+            log_error("link_failed", exc, session_id=None, peer=_peer(connection))
             with anyio.CancelScope(shield=True), anyio.move_on_after(_backend.EXIT_TIMEOUT):
                 await _backend.close_link(connection, 1011, "internal error")
         finally:
@@ -463,7 +462,9 @@ class Server:
             await self._handler(session)
         except Exception as exc:
             if not _only(exc, session.ended_by):
-                _log_failure("handler_failed", exc, session.id, _peer_of(session) or peer)
+                log_error(
+                    "handler_failed", exc, session_id=session.id, peer=_peer_of(session) or peer
+                )
                 return True
             cause = str(exc)
         log("session_ended", session_id=session.id, peer=_peer_of(session) or peer, cause=cause)
@@ -640,20 +641,6 @@ def _only(exc: Exception, match: Callable[[BaseException], bool]) -> bool:
         # split() takes plain functions only, not bound methods.
         return exc.split(lambda error: match(error))[1] is None
     return match(exc)
-
-
-def _log_failure(event: str, exc: BaseException, session_id: str | None, peer: str | None) -> None:
-    """One error event for ``exc``, its traceback a field: one JSON line, where a
-    logging record with ``exc_info`` would print many."""
-    log(
-        event,
-        logging.ERROR,
-        session_id=session_id,
-        peer=peer,
-        error_type=type(exc).__name__,
-        error=str(exc),
-        traceback="".join(traceback.format_exception(exc)),
-    )
 
 
 def serve(
