@@ -209,3 +209,58 @@ async def test_no_bound_when_disabled() -> None:
                 status, _, stream = await raw_handshake(server.port)
                 assert status == 101
                 await stream.aclose()
+
+
+class HookError(Exception):
+    pass
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("hook", ["process_request", "process_response"])
+async def test_the_bound_frees_when_an_application_hook_raises(hook: str) -> None:
+    """websockets answers 500 when a hook raises; the slot the handshake held is freed
+    (else a few failing handshakes would shed everyone after them)."""
+    calls = 0
+
+    def failing(*args: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if calls <= 3:
+            raise HookError("a bug in the application's hook")
+
+    with anyio.fail_after(TIMEOUT):
+        options: dict[str, Any] = {hook: failing}
+        async with resilient_ws.serve(
+            sink, "127.0.0.1", 0, stall_threshold=None, max_handshakes=1, **options
+        ) as server:
+            for expected in (500, 500, 500, 101):
+                status, _, stream = await raw_handshake(server.port)
+                await stream.aclose()
+                assert status == expected
+
+
+@pytest.mark.anyio
+async def test_the_bound_frees_when_a_handshake_times_out_in_a_hook() -> None:
+    """A handshake cancelled inside the application's process_request (websockets'
+    open_timeout, tuned down to 0.5 s here) frees its slot: the next one gets 101."""
+    gate = Gate()
+    with anyio.fail_after(TIMEOUT):
+        async with resilient_ws.serve(
+            sink, "127.0.0.1", 0, stall_threshold=None, max_handshakes=1,
+            process_request=gate, open_timeout=0.5,
+        ) as server:  # fmt: skip
+            stream = await anyio.connect_tcp("127.0.0.1", server.port)
+            await stream.send(
+                b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            )
+            await gate.arrived.wait()
+            with pytest.raises(anyio.EndOfStream):  # noqa: PT012 - read until closed
+                while True:  # bounded by fail_after; websockets closes after open_timeout
+                    if not await stream.receive():
+                        break
+            await stream.aclose()
+            gate.opened.set()
+            status, _, stream = await raw_handshake(server.port)
+            await stream.aclose()
+            assert status == 101

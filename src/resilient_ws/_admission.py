@@ -14,9 +14,9 @@ advances by ``1 / rate`` per request (the generic cell rate algorithm), so a cro
 as large is told to come back over a range of seconds twice as long, never all in the same
 second.
 
-:class:`Admission` is the pure core (times are passed in); :func:`counting` and
-:func:`process_request` are serve()'s thin adapters to websockets' server connections,
-the same on asyncio and trio.
+:class:`Admission` is the pure core (times are passed in); :func:`hooks` are serve()'s
+thin adapters, websockets' ``process_request`` and ``process_response``, the same on
+asyncio and trio.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import anyio
 from . import _backend
 from ._logging import log
 
-__all__ = ["Admission", "ShedReport", "counting", "process_request"]
+__all__ = ["Admission", "ShedReport", "hooks"]
 
 # Longest Retry-After handed out (seconds): a resilient_ws client honours up to 300 s
 # (Backoff.max_retry_after) and a crowd this far ahead is better re-spread when it returns.
@@ -126,84 +126,40 @@ class Admission:
 # ---- adapters to websockets' server connections (I/O: they read the clock, sleep, log) ----
 
 
-def counting(base: type[Any], admission: Admission) -> type[Any]:
-    """``base``, a websockets server connection class, counting its handshakes in
-    ``admission``: from the arrival of the request until the 101 response is sent, the
-    request is rejected (``process_request`` and ``process_response`` ran and answered
-    another status), or the handshake failed.
+def hooks(
+    admission: Admission,
+    their_request: Callable[..., Any] | None,
+    their_response: Callable[..., Any] | None,
+    spawn: Callable[..., object],
+) -> tuple[Callable[[Any, Any], Awaitable[Any]], Callable[[Any, Any, Any], Awaitable[Any]]]:
+    """websockets' ``process_request`` and ``process_response`` for a server bounded by
+    ``admission``.
+
+    A handshake counts from the arrival of its request (``process_request`` runs as soon
+    as it is read) until the response is decided (``process_response`` returned, or the
+    handshake was cancelled in between); it completed if the response is the 101.
+    Beyond the bound the request is answered 503 with a ``Retry-After`` at once, logged as
+    one ``handshakes_shed`` event per :data:`REPORT_INTERVAL` at most; else it goes to
+    the application's hooks (``their_request``, ``their_response``, sync or async).
 
     A peer that connects and sends nothing is not counted: it costs a socket, not work,
     and websockets' ``open_timeout`` closes it; counted, a few idle sockets would shed
-    everyone else. Nor is a rejected peer counted while websockets waits for it to close
-    the connection after the response (up to ``close_timeout``).
-    """
-    from websockets.protocol import State
-
-    subclass: type[Any]
-
-    def leave(connection: Any, completed: bool) -> None:
-        if connection.admission_counted:
-            connection.admission_counted = False
-            admission.left(anyio.current_time(), completed=completed)
-
-    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
-        self.admission_counted = False
-        super(subclass, self).__init__(*args, **kwargs)
-
-    def process_event(self: Any, event: Any) -> None:
-        if self.request is None:  # the first event is the handshake request
-            self.admission_counted = True
-            admission.arrived()
-        super(subclass, self).process_event(event)
-
-    async def handshake(
-        self: Any, process_request: Any = None, process_response: Any = None, *args: Any
-    ) -> None:
-        async def decided(connection: Any, request: Any, response: Any) -> Any:
-            try:
-                if process_response is not None:
-                    replaced = await _backend.run_hook(
-                        process_response, connection, request, response
-                    )
-                    if replaced is not None:
-                        response = replaced
-            except BaseException:
-                leave(connection, False)
-                raise
-            if response.status_code != http.HTTPStatus.SWITCHING_PROTOCOLS:
-                leave(connection, False)  # what remains is to send it and wait for the close
-            return response
-
-        try:
-            await super(subclass, self).handshake(process_request, decided, *args)
-        finally:
-            leave(self, self.protocol.state is State.OPEN)
-
-    namespace = {
-        "__slots__": ("admission_counted",),
-        "__init__": __init__,
-        "process_event": process_event,
-        "handshake": handshake,
-    }
-    subclass = type(f"Admitting{base.__name__}", (base,), namespace)
-    return subclass
-
-
-def process_request(
-    admission: Admission,
-    theirs: Callable[..., Any] | None,
-    spawn: Callable[..., object],
-) -> Callable[[Any, Any], Awaitable[Any]]:
-    """websockets' ``process_request``: beyond the bound, 503 with a ``Retry-After`` at
-    once, logged as one ``handshakes_shed`` event per :data:`REPORT_INTERVAL` at most;
-    else the application's ``process_request`` (``theirs``), if any.
+    everyone else.
 
     Args:
         admission: The server's bound.
-        theirs: The application's ``process_request``, sync or async.
+        their_request: The application's ``process_request``, if any.
+        their_response: The ``process_response`` to run after the bound's (the
+            application's and serve()'s session grant).
         spawn: Starts a background task (the server's task group ``start_soon``).
     """
     reporting = False
+    counted: set[Any] = set()  # the connections whose handshake is counted
+
+    def leave(connection: Any, completed: bool) -> None:
+        if connection in counted:
+            counted.discard(connection)
+            admission.left(anyio.current_time(), completed=completed)
 
     async def report() -> None:
         nonlocal reporting
@@ -216,8 +172,10 @@ def process_request(
                 in_progress=admission.in_progress, max_handshakes=admission.limit,
                 interval=REPORT_INTERVAL)  # fmt: skip
 
-    async def process(connection: Any, request: Any) -> Any:
+    async def process_request(connection: Any, request: Any) -> Any:
         nonlocal reporting
+        counted.add(connection)
+        admission.arrived()
         retry_after = admission.admit(anyio.current_time())
         if retry_after is not None:
             if not reporting:
@@ -228,8 +186,26 @@ def process_request(
             )
             response.headers["Retry-After"] = str(retry_after)
             return response
-        if theirs is None:
+        if their_request is None:
             return None
-        return await _backend.run_hook(theirs, connection, request)
+        try:
+            return await _backend.run_hook(their_request, connection, request)
+        except Exception:
+            raise  # websockets answers 500 and calls process_response, which leaves
+        except BaseException:
+            leave(connection, False)  # cancelled: process_response will not run
+            raise
 
-    return process
+    async def process_response(connection: Any, request: Any, response: Any) -> Any:
+        completed = False
+        try:
+            if their_response is not None:
+                replaced = await _backend.run_hook(their_response, connection, request, response)
+                if replaced is not None:
+                    response = replaced
+            completed = response.status_code == http.HTTPStatus.SWITCHING_PROTOCOLS
+            return response
+        finally:
+            leave(connection, completed)
+
+    return process_request, process_response

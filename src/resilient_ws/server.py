@@ -207,15 +207,7 @@ class Server:
 
     async def _start(self) -> Any:
         options = dict(self._options)
-        connection_class = _backend.connection_class("server", _backend.is_trio())
-        if self._max_handshakes is not None:
-            # Bound the handshakes in progress: a crowd beyond it gets 503 at once.
-            admission = _admission.Admission(self._max_handshakes)
-            connection_class = _admission.counting(connection_class, admission)
-            options["process_request"] = _admission.process_request(
-                admission, options.get("process_request"), self._tasks.start_soon
-            )
-        options["create_connection"] = connection_class
+        options["create_connection"] = _backend.connection_class("server", _backend.is_trio())
         if self._keepalive is not None:
             options.update(ping_interval=None, ping_timeout=None)
         if self._replay is not None:
@@ -224,6 +216,14 @@ class Server:
             )
             options["process_response"] = self._chain_process_response(
                 options.get("process_response")
+            )
+        if self._max_handshakes is not None:
+            # Bound the handshakes in progress: a crowd beyond it gets 503 at once.
+            options["process_request"], options["process_response"] = _admission.hooks(
+                _admission.Admission(self._max_handshakes),
+                options.get("process_request"),
+                options.get("process_response"),
+                self._tasks.start_soon,
             )
         if _backend.is_trio():
             from websockets.trio.server import serve as trio_serve
