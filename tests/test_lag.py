@@ -290,11 +290,12 @@ def test_bad_settings_raise() -> None:
 
 
 def shared_tickers() -> int:
-    """What drives shared monitors in this loop: asyncio timers, trio system tasks."""
+    """What drives shared monitors in this loop: asyncio timers, trio system tasks (no
+    shared StallWatchdog runs in these tests: it would count on asyncio)."""
     if sniffio.current_async_library() == "trio":
         root = trio.lowlevel.current_root_task()
         return sum(
-            task.name == _lag._SYSTEM_TASK
+            task.name == "resilient_ws.LoopLagMonitor"
             for nursery in root.child_nurseries
             for task in nursery.child_tasks
         )
@@ -302,7 +303,7 @@ def shared_tickers() -> int:
     handles = [*loop._scheduled, *loop._ready]  # type: ignore[attr-defined]
     return sum(
         not handle.cancelled()
-        and handle._callback.__qualname__.startswith("LoopLagMonitor._tick_on_timers")
+        and handle._callback.__qualname__.startswith("_Ticker._tick_on_timers")
         for handle in handles
     )
 
@@ -661,3 +662,37 @@ def test_a_server_stopped_and_resumed_many_times_never_crashes(anyio_backend: st
     resumed = [json.loads(line) for line in lines if "loop_stalled" in line]
     assert len(resumed) >= 15  # The watchdog ran and saw the stops.
     assert all(event["duration"] >= 0.05 for event in resumed)
+
+
+# ---- StallWatchdog.acquire(): one watchdog per process, shared -----------------------------
+
+
+async def acquire_elsewhere() -> StallWatchdog | None:
+    return StallWatchdog.acquire()
+
+
+@pytest.mark.anyio
+async def test_shared_watchdog_is_one_per_process_until_the_last_release() -> None:
+    first = StallWatchdog.acquire(0.3)
+    assert first is not None
+    try:
+        second = StallWatchdog.acquire(2.0)
+        assert second is first
+        assert second.threshold == 0.3  # the first user's
+        # An event loop in another thread cannot share it: it watches one loop.
+        assert await anyio.to_thread.run_sync(anyio.run, acquire_elsewhere) is None
+        second.release()
+        # The first user's release did not stop it: a stall is still reported.
+        await anyio.sleep(0.2)
+        block_loop(0.6)
+        await wait_for(lambda: first.last_stall is not None)
+    finally:
+        first.release()
+    with pytest.raises(RuntimeError, match="release"):
+        first.release()
+    third = StallWatchdog.acquire(0.5)
+    assert third is not None
+    try:
+        assert third is not first
+    finally:
+        third.release()

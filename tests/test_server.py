@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import socket
 import struct
+import time
 from typing import Any
 
 import anyio
@@ -91,28 +92,48 @@ async def test_the_listen_queue_holds_a_crowd_reconnecting_at_once() -> None:
 
 async def test_two_servers_in_one_process_share_the_stall_watchdog() -> None:
     """Issue 11: a second serve() with the (default) watchdog failed with a RuntimeError:
-    the watchdog's stack dumps are process-wide. Both serve now; the first runs it."""
+    the watchdog's stack dumps are process-wide. Both serve now, sharing one watchdog,
+    which runs until the last of them leaves (not until the first does)."""
 
     async def echo(session: resilient_ws.ServerSession) -> None:
         async for message in session:
             await session.send(message)
 
-    with capture_logs() as logs:
-        async with (
-            resilient_ws.serve(echo, "127.0.0.1", 0) as first,
-            resilient_ws.serve(echo, "127.0.0.1", 0) as second,
-        ):
-            assert first.watchdog is not None
-            assert second.watchdog is first.watchdog
-            for server in (first, second):
-                async with resilient_ws.connect(f"ws://127.0.0.1:{server.port}/") as ws:
-                    await ws.send("x")
-                    with anyio.fail_after(TIMEOUT):
+    servers: list[resilient_ws.Server] = []
+    started, leave, left = anyio.Event(), anyio.Event(), anyio.Event()
+
+    async def run_first() -> None:
+        async with resilient_ws.serve(echo, "127.0.0.1", 0) as first:
+            servers.append(first)
+            started.set()
+            await leave.wait()
+        left.set()
+
+    with capture_logs() as logs, anyio.fail_after(TIMEOUT):
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(run_first)
+            await started.wait()
+            async with resilient_ws.serve(echo, "127.0.0.1", 0) as second:
+                first = servers[0]
+                assert first.watchdog is not None
+                assert second.watchdog is first.watchdog
+                for server in (first, second):
+                    async with resilient_ws.connect(f"ws://127.0.0.1:{server.port}/") as ws:
+                        await ws.send("x")
                         assert await ws.recv() == "x"
+                leave.set()
+                await left.wait()
+                # The first, which started the watchdog, left: it still watches for the
+                # second.
+                time.sleep(1.5)  # noqa: ASYNC251 - block the loop past the threshold (1 s)
+                while not [e for e in logs if e["event"] == "resilient_ws.loop_stalled"]:  # noqa: ASYNC110 - a log line, no event
+                    await anyio.sleep(0.05)
+                assert second.watchdog.last_stall is not None
     assert [e["event"] for e in logs].count("resilient_ws.stall_watchdog_shared") == 1
     # Released: the next server runs a watchdog of its own.
     async with resilient_ws.serve(echo, "127.0.0.1", 0, stall_threshold=0.5) as third:
         assert third.watchdog is not None
+        assert third.watchdog is not second.watchdog
         assert third.watchdog.threshold == 0.5
 
 

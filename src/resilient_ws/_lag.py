@@ -227,7 +227,8 @@ class LagWindow:
 
 
 class _Ticker:
-    """Calls ``_tick(lag)`` every ``interval`` seconds of loop time, in a background task."""
+    """Calls ``_tick(lag)`` every ``interval`` seconds of loop time: in a background task
+    (``run()``, ``async with``), or, shared, without one (``_tick_without_task``)."""
 
     def __init__(self, interval: float) -> None:
         if not interval > 0:
@@ -238,6 +239,52 @@ class _Ticker:
     def _start(self) -> None: ...
     def _stop(self) -> None: ...
     def _tick(self, lag: float) -> None: ...
+
+    def _tick_on_timers(self, loop: asyncio.AbstractEventLoop) -> Callable[[], object]:
+        """Tick from a chain of ``call_at`` timers; return what cancels the pending one."""
+        due = loop.time() + self.interval
+        handle: asyncio.TimerHandle
+
+        def tick() -> None:
+            nonlocal due, handle
+            now = loop.time()
+            self._tick_at(now - due, now)
+            due = now + self.interval
+            handle = loop.call_at(due, tick)
+
+        self._started_at(due - self.interval)
+        handle = loop.call_at(due, tick)
+        return lambda: handle.cancel()
+
+    def _tick_in_system_task(self) -> Callable[[], object]:
+        """Tick from a trio system task; return what cancels it."""
+        import trio
+
+        scope = trio.CancelScope()
+
+        async def ticker() -> None:
+            with scope:
+                while True:
+                    due = trio.current_time() + self.interval
+                    await trio.sleep_until(due)
+                    now = trio.current_time()
+                    self._tick_at(now - due, now)
+
+        self._started_at(trio.current_time())
+        trio.lowlevel.spawn_system_task(ticker, name=f"resilient_ws.{type(self).__name__}")
+        return scope.cancel
+
+    def _tick_without_task(self) -> Callable[[], object]:
+        """Tick in the running loop without a task of the caller's (the loop's timers on
+        asyncio, a system task on trio); return what stops it."""
+        loop = _running_loop()[1]
+        return self._tick_in_system_task() if loop is None else self._tick_on_timers(loop)
+
+    def _started_at(self, now: float) -> None:
+        """Ticking without a task starts (``now``: the loop's clock)."""
+
+    def _tick_at(self, lag: float, now: float) -> None:
+        self._tick(lag)
 
     async def _loop(self) -> None:
         while True:
@@ -314,17 +361,13 @@ class LoopLagMonitor(_Ticker):
         Raises:
             RuntimeError: No asyncio or trio event loop runs in this thread.
         """
-        key, loop = _running_loop()
+        key = _running_loop()[0]
         with _shared_lock:
             monitor = _shared.get(key)
             if monitor is None:
                 monitor = _shared[key] = cls()
                 monitor._loop_key = key
-                monitor._stop_ticking = (
-                    monitor._tick_in_system_task()
-                    if loop is None
-                    else monitor._tick_on_timers(loop)
-                )
+                monitor._stop_ticking = monitor._tick_without_task()
             monitor._users += 1
         return monitor
 
@@ -402,50 +445,19 @@ class LoopLagMonitor(_Ticker):
         self._running = False
 
     def _tick(self, lag: float) -> None:
-        self._record(lag, anyio.current_time())
+        self._tick_at(lag, anyio.current_time())
 
-    def _record(self, lag: float, now: float) -> None:
+    def _tick_at(self, lag: float, now: float) -> None:
         self.stats.add(lag)
         self.last_tick, self.last_tick_monotonic = now, time.monotonic()
 
-    def _tick_on_timers(self, loop: asyncio.AbstractEventLoop) -> Callable[[], object]:
-        """Tick from a chain of ``call_at`` timers; return what cancels the pending one."""
-        due = loop.time() + self.interval
-        handle: asyncio.TimerHandle
-
-        def tick() -> None:
-            nonlocal due, handle
-            now = loop.time()
-            self._record(now - due, now)
-            due = now + self.interval
-            handle = loop.call_at(due, tick)
-
-        self.last_tick, self.last_tick_monotonic = due - self.interval, time.monotonic()
-        handle = loop.call_at(due, tick)
-        return lambda: handle.cancel()
-
-    def _tick_in_system_task(self) -> Callable[[], object]:
-        """Tick from a trio system task; return what cancels it."""
-        import trio
-
-        scope = trio.CancelScope()
-
-        async def ticker() -> None:
-            with scope:
-                while True:
-                    due = trio.current_time() + self.interval
-                    await trio.sleep_until(due)
-                    now = trio.current_time()
-                    self._record(now - due, now)
-
-        self.last_tick, self.last_tick_monotonic = trio.current_time(), time.monotonic()
-        trio.lowlevel.spawn_system_task(ticker, name=_SYSTEM_TASK)
-        return scope.cancel
+    def _started_at(self, now: float) -> None:
+        self.last_tick, self.last_tick_monotonic = now, time.monotonic()
 
 
-_SYSTEM_TASK = "resilient_ws.LoopLagMonitor"
 _shared_lock = threading.Lock()
 _shared: dict[object, LoopLagMonitor] = {}
+_shared_watchdog: StallWatchdog | None = None
 
 
 def _running_loop() -> tuple[object, asyncio.AbstractEventLoop | None]:
@@ -461,7 +473,7 @@ def _running_loop() -> tuple[object, asyncio.AbstractEventLoop | None]:
     if library == "asyncio":
         loop = asyncio.get_running_loop()
         return loop, loop
-    raise RuntimeError("LoopLagMonitor.acquire() needs a running asyncio or trio event loop")
+    raise RuntimeError("acquire() needs a running asyncio or trio event loop")
 
 
 _WATCHER = "resilient_ws.StallWatchdog"
@@ -550,6 +562,65 @@ class StallWatchdog(_Ticker):
         self._stopping = threading.Event()
         self._watcher: threading.Thread | None = None
         self._helper: subprocess.Popen[bytes] | None = None
+        self._users = 0  # of the shared watchdog (acquire)
+        self._loop_key: object = None
+        self._stop_ticking: Callable[[], object] | None = None
+
+    @classmethod
+    def acquire(cls, threshold: float = 1.0) -> StallWatchdog | None:
+        """Return the process's shared watchdog, started by its first user with
+        ``threshold``; later users get it with the first one's threshold (logged as
+        ``stall_watchdog_shared``), since its stack dumps are process-wide.
+
+        Call it inside the event loop, and pair every call that returned a watchdog with
+        one :meth:`release`: the last release stops it, the next acquire starts a new one.
+        It needs no task of the caller's: it ticks on asyncio's timers or in a trio system
+        task, in the loop of its first user.
+
+        Returns:
+            ``None`` when the shared watchdog ticks in another event loop (thread): it can
+            watch only one.
+
+        Raises:
+            RuntimeError: A watchdog that is not shared runs (``async with`` or ``run()``),
+                or no asyncio or trio event loop runs in this thread.
+        """
+        global _shared_watchdog
+        key = _running_loop()[0]
+        with _shared_lock:
+            watchdog = _shared_watchdog
+            if watchdog is None:
+                watchdog = cls(threshold)
+                watchdog._start()
+                watchdog._loop_key = key
+                watchdog._stop_ticking = watchdog._tick_without_task()
+                _shared_watchdog = watchdog
+            elif watchdog._loop_key != key:
+                return None
+            watchdog._users += 1
+            shared = watchdog._users > 1
+        if shared:
+            log("stall_watchdog_shared", threshold=watchdog.threshold)
+        return watchdog
+
+    def release(self) -> None:
+        """Give back the watchdog from :meth:`acquire`; the last user's release stops it.
+
+        Raises:
+            RuntimeError: More releases than acquires.
+        """
+        global _shared_watchdog
+        with _shared_lock:
+            if self._users <= 0:
+                raise RuntimeError("release() without a matching acquire()")
+            self._users -= 1
+            if self._users:
+                return
+            _shared_watchdog = None
+        stop, self._stop_ticking = self._stop_ticking, None
+        if stop is not None:
+            stop()
+        self._stop()
 
     def _start(self) -> None:
         global _active

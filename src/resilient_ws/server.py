@@ -29,7 +29,6 @@ import logging
 import math
 import secrets
 import sys
-import threading
 import weakref
 from collections.abc import Awaitable, Callable
 from types import TracebackType
@@ -82,7 +81,8 @@ class Server:
     Attributes:
         monitor: The event loop's :class:`~resilient_ws.LoopLagMonitor`, shared with its other
             users (see ``LoopLagMonitor.acquire()``) while the server runs.
-        watchdog: Its :class:`~resilient_ws.StallWatchdog`, or ``None`` when disabled.
+        watchdog: The process's shared :class:`~resilient_ws.StallWatchdog` while the
+            server runs (see ``StallWatchdog.acquire()``), or ``None`` when disabled.
         port: The TCP port it listens on (useful with ``port=0``).
     """
 
@@ -118,7 +118,8 @@ class Server:
         self._beacon_interval = beacon_interval
         self._options = options
         self.monitor = LoopLagMonitor()
-        self.watchdog = None if stall_threshold is None else StallWatchdog(stall_threshold)
+        self._stall_threshold = stall_threshold
+        self.watchdog: StallWatchdog | None = None
         self.port = port
         self._ws_server: Any = None
         self._tasks: anyio.abc.TaskGroup
@@ -128,10 +129,13 @@ class Server:
         self._links: set[Any] = set()
 
     async def __aenter__(self) -> Server:
-        # One loop-lag monitor per event loop, shared with the loop's other users.
-        self.monitor = LoopLagMonitor.acquire()
+        self._acquire_monitors()
         self._tasks = anyio.create_task_group()
-        await self._tasks.__aenter__()
+        try:
+            await self._tasks.__aenter__()
+        except BaseException:
+            self._release_monitors()
+            raise
         try:
             await self._tasks.start(self._run_monitors)
             self._ws_server = await self._start()
@@ -139,7 +143,7 @@ class Server:
             try:
                 await _taskgroup.leave(self._tasks, exc)
             finally:
-                self.monitor.release()
+                self._release_monitors()
             raise
         self.port = _listening_port(self._ws_server)
         return self
@@ -157,6 +161,28 @@ class Server:
         # The block's own exception, if not a cancellation, propagates as itself.
         try:
             return await _taskgroup.leave(self._tasks, exc)
+        finally:
+            self._release_monitors()
+
+    def _acquire_monitors(self) -> None:
+        """The loop-lag monitor (one per event loop) and the stall watchdog (one per
+        process: its stack dumps are process-wide), shared with their other users."""
+        self.monitor = LoopLagMonitor.acquire()
+        if self._stall_threshold is None:
+            return
+        try:
+            self.watchdog = StallWatchdog.acquire(self._stall_threshold)
+        except BaseException:
+            self.monitor.release()
+            raise
+        if self.watchdog is None:
+            log("stall_watchdog_unavailable", logging.WARNING,
+                reason="the process's watchdog watches another event loop")  # fmt: skip
+
+    def _release_monitors(self) -> None:
+        try:
+            if self.watchdog is not None:
+                self.watchdog.release()
         finally:
             self.monitor.release()
 
@@ -199,8 +225,6 @@ class Server:
         async with anyio.create_task_group() as tasks:
             if self._replay is not None:
                 tasks.start_soon(self._expire_sessions)
-            if self.watchdog is not None:
-                self.watchdog = self._claim_watchdog(self.watchdog, tasks)
             if self._beacon_interval is not None:
                 tasks.start_soon(self._broadcast_beacons, self._beacon_interval)
             task_status.started()
@@ -490,31 +514,6 @@ class Server:
         keepalive.start(lazily=True)
         return keepalive
 
-    @staticmethod
-    def _claim_watchdog(mine: StallWatchdog, tasks: anyio.abc.TaskGroup) -> StallWatchdog:
-        """Run ``mine``, unless another serve() of this process runs its watchdog: its
-        stack dumps are process-wide, so there is one. Then share that one while it runs
-        (a second serve() failed with a RuntimeError before, issue 11)."""
-        global _running_watchdog
-        with _watchdog_lock:
-            running = _running_watchdog
-            if running is None:
-                _running_watchdog = mine
-        if running is not None:
-            log("stall_watchdog_shared", threshold=running.threshold)
-            return running
-
-        async def run() -> None:
-            global _running_watchdog
-            try:
-                await mine.run()
-            finally:
-                with _watchdog_lock:
-                    _running_watchdog = None
-
-        tasks.start_soon(run)
-        return mine
-
     def _last_stall(self) -> Stall | None:
         return None if self.watchdog is None else self.watchdog.last_stall
 
@@ -560,10 +559,6 @@ class Server:
                 connection.beacon_state = state
                 _backend.send_control(connection, data)
 
-
-# The watchdog that a serve() of this process runs (one per process: see _claim_watchdog).
-_running_watchdog: StallWatchdog | None = None
-_watchdog_lock = threading.Lock()
 
 # Shortest time between two beacons that answer a link's probes (seconds).
 _BEACON_SPACING = 0.1
@@ -685,7 +680,9 @@ def serve(
         stall_threshold: Loop lag, in seconds, that the :class:`~resilient_ws.StallWatchdog`
             reports as a stall; ``None`` disables the watchdog. It is process-wide: a
             second ``serve()`` in the process shares the first one's watchdog (and its
-            threshold) while that server runs (log event ``stall_watchdog_shared``).
+            threshold) until the last of them leaves (log event
+            ``stall_watchdog_shared``); one in another thread's event loop runs without
+            (``stall_watchdog_unavailable``).
         replay: Settings of the replay protocol, offered to every client (bounds of each
             session's replay buffer, which also holds what ``session.send()`` sends while
             the client is away); ``None`` turns it off: every link is a plain session.
