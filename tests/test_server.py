@@ -137,6 +137,28 @@ async def test_two_servers_in_one_process_share_the_stall_watchdog() -> None:
         assert third.watchdog.threshold == 0.5
 
 
+async def test_aclose_stops_the_server_not_the_body() -> None:
+    """aclose() from the body of ``async with serve()`` cancelled the body itself (the
+    server's task group scope covered it): the code after it never ran."""
+
+    async def echo(session: resilient_ws.ServerSession) -> None:
+        async for message in session:
+            await session.send(message)
+
+    reached = False
+    with anyio.fail_after(TIMEOUT):
+        async with resilient_ws.serve(echo, "127.0.0.1", 0) as server:
+            async with resilient_ws.connect(f"ws://127.0.0.1:{server.port}/") as ws:
+                await ws.send("x")
+                assert await ws.recv() == "x"
+            await server.aclose()
+            await anyio.sleep(0.05)
+            with pytest.raises(OSError):  # noqa: PT011 - refused, however anyio words it
+                await anyio.connect_tcp("127.0.0.1", server.port)
+            reached = True
+    assert reached
+
+
 async def test_leaving_serve_on_a_cancellation_returns() -> None:
     """On trio, websockets' server waited forever for its cancelled serving task."""
     with anyio.fail_after(TIMEOUT), anyio.move_on_after(0.2) as scope:

@@ -21,6 +21,8 @@ import sys
 from collections import deque
 from typing import Any, Literal
 
+from anyio.lowlevel import checkpoint
+
 from . import _backend
 from ._backend import RawLink
 from ._logging import log
@@ -132,11 +134,18 @@ class ServerSession(MessageIterator):
         outbound.record(message, len(message) if type(message) is bytes else payload_size(message))
         if outbound.overflowed > self._overflow_mark:
             self._overflowed()
-        if raw is not None:
-            try:  # noqa: SIM105 - suppress() would cost an object per message
-                await raw.send(message)
-            except _backend.ConnectionClosed:
-                pass  # the replay buffer still has the message for the next link
+        if raw is None:
+            # Buffered for the next link. Yield all the same: a handler that sends in a
+            # loop while its client is away must not hold the event loop.
+            await checkpoint()
+            return
+        try:
+            await raw.send(message)
+        except _backend.ConnectionClosed:
+            # The replay buffer still has the message for the next link. websockets
+            # raised without yielding (the link was closed already): yield, so that the
+            # link's own task can detach it, or this loop would spin on the dead link.
+            await checkpoint()
 
     async def _before_send(self, message: Message) -> None:
         """Validate; wait while a resume is being granted; raise if the session ended."""

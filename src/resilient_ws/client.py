@@ -335,6 +335,10 @@ class Connection(MessageIterator):
         await self._enqueue(message)
         if self._live is not None:
             await self._flush(self._live)
+        else:
+            # Queued. Yield all the same: an application that sends in a loop while the
+            # link is down must not hold the event loop.
+            await anyio.lowlevel.checkpoint()
         return None
 
     def _set_live(self, raw: RawLink | None) -> None:

@@ -127,6 +127,7 @@ class Server:
         self._serving: set[anyio.CancelScope] = set()
         # The links being served, for lag beacons.
         self._links: set[Any] = set()
+        self._monitors: anyio.CancelScope | None = None  # the background work's
 
     async def __aenter__(self) -> Server:
         self._acquire_monitors()
@@ -158,6 +159,7 @@ class Server:
         grace = 0.0 if _taskgroup.is_cancellation(exc) else _HANDLER_GRACE
         with anyio.CancelScope(shield=True):
             await self._close(grace)
+        self._tasks.cancel_scope.cancel()
         # The block's own exception, if not a cancellation, propagates as itself.
         try:
             return await _taskgroup.leave(self._tasks, exc)
@@ -187,7 +189,8 @@ class Server:
             self.monitor.release()
 
     async def aclose(self) -> None:
-        """Stop accepting, close every connection (code 1001) and stop the monitors.
+        """Stop accepting, close every connection (code 1001) and stop the monitors; the
+        body of ``async with`` goes on.
 
         Handlers get 5 seconds to return once their links are closed; those still running
         then are cancelled.
@@ -203,7 +206,10 @@ class Server:
                 for scope in list(self._serving):
                     scope.cancel()
                 await _close_listener(server)  # again: now the handlers end
-        self._tasks.cancel_scope.cancel()
+        # The server's own background work ends; the task group's scope is not cancelled
+        # here: it also covers the body of ``async with``, which aclose() must not end.
+        if self._monitors is not None:
+            self._monitors.cancel()
 
     async def serve_forever(self) -> None:
         """Wait until the server is closed (or the caller is cancelled)."""
@@ -223,6 +229,7 @@ class Server:
 
     async def _run_monitors(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         async with anyio.create_task_group() as tasks:
+            self._monitors = tasks.cancel_scope
             if self._replay is not None:
                 tasks.start_soon(self._expire_sessions)
             if self._beacon_interval is not None:
