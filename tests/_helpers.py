@@ -29,16 +29,21 @@ async def next_event(events: AsyncIterator[Event], kind: type[E]) -> E:
     raise AssertionError(f"events ended before a {kind.__name__}")
 
 
-async def raw_handshake(port: int) -> tuple[int, dict[str, str], anyio.abc.SocketStream]:
+async def raw_handshake(
+    port: int, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], anyio.abc.SocketStream]:
     """Open a TCP connection and send an opening handshake offering the replay protocol,
-    by hand; the response's status, its headers (lowercase names) and the stream."""
+    with ``headers`` besides, by hand; the response's status, its headers (lowercase
+    names) and the stream."""
     stream = await anyio.connect_tcp("127.0.0.1", port)
     key = base64.b64encode(os.urandom(16)).decode()
+    extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
     await stream.send(
         (
             f"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
             f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-            f"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: {SUBPROTOCOL}\r\n\r\n"
+            f"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: {SUBPROTOCOL}\r\n"
+            f"{extra}\r\n"
         ).encode()
     )
     head = b""

@@ -10,6 +10,7 @@ from resilient_ws._sessions import (
     MemorySessionStore,
     Resumed,
     SessionLimit,
+    SourceLimit,
     Throttled,
     Unknown,
 )
@@ -78,6 +79,43 @@ def test_session_limit() -> None:
     store.detach(first.id, now=0.0)
     store.open(3, now=1.0)  # the expired one made room
     assert len(store) == 2
+
+
+def test_sessions_per_source_default_to_a_tenth_of_the_store() -> None:
+    """Defaults: one address holds at most 1,000 of the 10,000 sessions (issue 11: one
+    address opened all 10,000, and every other client got 503)."""
+    store: MemorySessionStore[int] = MemorySessionStore()
+    for index in range(1000):
+        store.open(index, now=0.0, source=SOURCE)
+    with pytest.raises(SourceLimit, match="1000 sessions from this address"):
+        store.open(1000, now=0.0, source=SOURCE)
+    store.open(1000, now=0.0, source="192.0.2.7")  # another address is not affected
+    store.open(1001, now=0.0)  # nor a session of unknown source
+    assert len(store) == 1002
+
+
+def test_a_session_per_source_is_freed_when_it_closes_or_expires() -> None:
+    store: MemorySessionStore[int] = MemorySessionStore(ttl=1.0, max_sessions_per_source=2)
+    first = store.open(1, now=0.0, source=SOURCE)
+    second = store.open(2, now=0.0, source=SOURCE)
+    with pytest.raises(SourceLimit):
+        store.open(3, now=0.0, source=SOURCE)
+    store.close(first.id)
+    third = store.open(3, now=0.0, source=SOURCE)
+    store.detach(second.id, now=0.0)
+    with pytest.raises(SourceLimit):
+        store.open(4, now=0.5, source=SOURCE)
+    store.open(4, now=1.0, source=SOURCE)  # the expired one made room
+    store.close(third.id)
+    store.close(third.id)  # twice: counted once
+    store.open(5, now=1.0, source=SOURCE)
+    with pytest.raises(SourceLimit):
+        store.open(6, now=1.0, source=SOURCE)
+
+
+def test_the_limit_per_source_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="limits"):
+        MemorySessionStore(max_sessions_per_source=0)
 
 
 def test_failed_resumes_are_throttled_per_source_never_the_right_token() -> None:

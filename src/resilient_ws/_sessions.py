@@ -20,6 +20,7 @@ __all__ = [
     "SessionLimit",
     "SessionRecord",
     "SessionStore",
+    "SourceLimit",
     "Throttled",
     "Unknown",
 ]
@@ -35,6 +36,11 @@ class SessionLimit(Exception):
     """The store holds ``max_sessions`` already; answer the handshake with 503 + Retry-After."""
 
 
+class SourceLimit(SessionLimit):
+    """The store holds ``max_sessions_per_source`` sessions opened from the request's
+    address already; answer the handshake with 429 + Retry-After."""
+
+
 @dataclass(slots=True, eq=False)
 class SessionRecord(Generic[S]):
     """One session as the store keeps it.
@@ -44,12 +50,14 @@ class SessionRecord(Generic[S]):
         token: Secret resume token.
         state: The server's bookkeeping for the session (opaque to the store).
         detached_at: When its last link ended; ``None`` while a link is live.
+        source: The address it was opened from, if the store counts sessions per source.
     """
 
     id: str
     token: str
     state: S
     detached_at: float | None = None
+    source: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,11 +88,17 @@ class Throttled:
 class SessionStore(Protocol[S]):
     """What the server needs from a session store."""
 
-    def open(self, state: S, now: float) -> SessionRecord[S]:
+    def open(self, state: S, now: float, source: str | None = None) -> SessionRecord[S]:
         """Create a session with a fresh id and token, attached to a live link.
+
+        Args:
+            state: The server's bookkeeping for it.
+            now: The time.
+            source: The client's address, for a limit per source (``None``: not counted).
 
         Raises:
             SessionLimit: The store is full.
+            SourceLimit: ``source`` has opened as many sessions as one source may hold.
         """
 
     def resume(
@@ -126,6 +140,10 @@ class MemorySessionStore(Generic[S]):
         failed_resume_window: Seconds of that window.
         max_sources: Most source addresses tracked for that limit (the least recently
             failed are forgotten first), so that the bookkeeping stays bounded.
+        max_sessions_per_source: Most sessions held at once that were opened from one
+            source address, so that one address cannot take every session (a tenth of
+            ``max_sessions`` by default). Clients behind one NAT share an address: raise
+            it for a fleet behind one.
     """
 
     def __init__(
@@ -136,9 +154,13 @@ class MemorySessionStore(Generic[S]):
         failed_resume_limit: int = 100,
         failed_resume_window: float = 10.0,
         max_sources: int = 10_000,
+        max_sessions_per_source: int | None = None,
     ) -> None:
+        if max_sessions_per_source is None:
+            max_sessions_per_source = max(1, max_sessions // 10)
         if (
             max_sessions < 1
+            or max_sessions_per_source < 1
             or ttl < 0
             or failed_resume_limit < 1
             or failed_resume_window <= 0
@@ -156,21 +178,41 @@ class MemorySessionStore(Generic[S]):
         self._failed_limit = failed_resume_limit
         self._failed_window = failed_resume_window
         self._max_sources = max_sources
+        self._max_per_source = max_sessions_per_source
+        # Sessions held per source address (only those with a count; at most one entry
+        # per session held).
+        self._per_source: dict[str, int] = {}
 
     def __len__(self) -> int:
         return len(self._sessions)
 
-    def open(self, state: S, now: float) -> SessionRecord[S]:
+    def open(self, state: S, now: float, source: str | None = None) -> SessionRecord[S]:
         self.expire(now)
         if len(self._sessions) >= self._max:
             raise SessionLimit(f"{self._max} sessions already")
+        if source is not None:
+            held = self._per_source.get(source, 0)
+            if held >= self._max_per_source:
+                raise SourceLimit(f"{held} sessions from this address already")
+            self._per_source[source] = held + 1
         record = SessionRecord(
             id=secrets.token_urlsafe(_ID_BYTES),
             token=secrets.token_urlsafe(_TOKEN_BYTES),
             state=state,
+            source=source,
         )
         self._sessions[record.id] = record
         return record
+
+    def _forget(self, record: SessionRecord[S]) -> None:
+        """It left the store: it no longer counts against its source."""
+        source = record.source
+        if source is not None:
+            held = self._per_source[source] - 1
+            if held:
+                self._per_source[source] = held
+            else:
+                del self._per_source[source]
 
     def resume(
         self, session_id: str, token: str, now: float, source: str
@@ -207,7 +249,9 @@ class MemorySessionStore(Generic[S]):
             self._detached.pop(session_id, None)
 
     def close(self, session_id: str) -> None:
-        self._sessions.pop(session_id, None)
+        record = self._sessions.pop(session_id, None)
+        if record is not None:
+            self._forget(record)
         self._detached.pop(session_id, None)
 
     def expire(self, now: float) -> list[SessionRecord[S]]:
@@ -216,5 +260,7 @@ class MemorySessionStore(Generic[S]):
             if now - detached_at < self._ttl:
                 break
             del self._detached[session_id]
-            expired.append(self._sessions.pop(session_id))
+            record = self._sessions.pop(session_id)
+            self._forget(record)
+            expired.append(record)
         return expired

@@ -54,7 +54,14 @@ from ._protocol import (
 from ._replay import ProtocolViolation
 from ._replaylink import ReplayLink
 from ._serversession import TAKEN_OVER, ServerSession
-from ._sessions import MemorySessionStore, SessionLimit, SessionStore, Throttled, Unknown
+from ._sessions import (
+    MemorySessionStore,
+    SessionLimit,
+    SessionStore,
+    SourceLimit,
+    Throttled,
+    Unknown,
+)
 from .config import Keepalive, Replay
 from .exceptions import LinkClosed
 
@@ -317,7 +324,11 @@ class Server:
         if session is None:
             session = ServerSession(session_id=None, policy=self._replay, request=request)
             try:
-                record = self.sessions.open(session, now)
+                source = _backend.peer_host(connection) or None  # unknown: not counted
+                record = self.sessions.open(session, now, source)
+            except SourceLimit as exc:
+                return _reject(connection, http.HTTPStatus.TOO_MANY_REQUESTS, str(exc), peer,
+                               _FULL_RETRY_AFTER)  # fmt: skip
             except SessionLimit as exc:
                 return _reject(connection, http.HTTPStatus.SERVICE_UNAVAILABLE, str(exc), peer,
                                _FULL_RETRY_AFTER)  # fmt: skip
