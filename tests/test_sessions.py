@@ -81,41 +81,49 @@ def test_session_limit() -> None:
     assert len(store) == 2
 
 
-def test_sessions_per_source_default_to_a_tenth_of_the_store() -> None:
-    """Defaults: one address holds at most 1,000 of the 10,000 sessions (issue 11: one
-    address opened all 10,000, and every other client got 503)."""
+def test_away_sessions_per_source_default_to_a_tenth_of_the_store() -> None:
+    """Defaults: an address whose 1,000 sessions are away opens no more (issue 11: one
+    address opened all 10,000 sessions, after which every other client got 503). Clients
+    that stay connected are not limited (a NAT, a reverse proxy)."""
     store: MemorySessionStore[int] = MemorySessionStore()
-    for index in range(1000):
-        store.open(index, now=0.0, source=SOURCE)
-    with pytest.raises(SourceLimit, match="1000 sessions from this address"):
-        store.open(1000, now=0.0, source=SOURCE)
-    store.open(1000, now=0.0, source="192.0.2.7")  # another address is not affected
-    store.open(1001, now=0.0)  # nor a session of unknown source
-    assert len(store) == 1002
+    records = [store.open(index, now=0.0, source=SOURCE) for index in range(2000)]
+    for record in records[:1000]:  # the rest stay connected: not limited
+        store.detach(record.id, now=0.0)
+    with pytest.raises(SourceLimit, match="1000 sessions opened from this address are away"):
+        store.open(2000, now=0.0, source=SOURCE)
+    store.open(2000, now=0.0, source="192.0.2.7")  # another address is not affected
+    store.open(2001, now=0.0)  # nor a session of unknown source
+    assert len(store) == 2002
 
 
-def test_a_session_per_source_is_freed_when_it_closes_or_expires() -> None:
-    store: MemorySessionStore[int] = MemorySessionStore(ttl=1.0, max_sessions_per_source=2)
-    first = store.open(1, now=0.0, source=SOURCE)
-    second = store.open(2, now=0.0, source=SOURCE)
+def test_an_away_session_stops_counting_when_it_comes_back_ends_or_expires() -> None:
+    store: MemorySessionStore[int] = MemorySessionStore(ttl=1.0, max_away_per_source=2)
+    first, second, third = (store.open(i, now=0.0, source=SOURCE) for i in range(3))
+    store.detach(first.id, now=0.0)
+    store.detach(second.id, now=0.0)
+    store.detach(second.id, now=0.2)  # again: counted once
     with pytest.raises(SourceLimit):
         store.open(3, now=0.0, source=SOURCE)
-    store.close(first.id)
-    third = store.open(3, now=0.0, source=SOURCE)
-    store.detach(second.id, now=0.0)
+    store.attach(first.id)  # back
+    store.open(3, now=0.0, source=SOURCE)
+    store.detach(first.id, now=0.5)
+    store.close(first.id)  # ended while away
+    store.detach(third.id, now=0.5)
     with pytest.raises(SourceLimit):
         store.open(4, now=0.5, source=SOURCE)
-    store.open(4, now=1.0, source=SOURCE)  # the expired one made room
+    assert [record.id for record in store.expire(now=1.2)] == [second.id]
+    store.open(4, now=1.2, source=SOURCE)
     store.close(third.id)
     store.close(third.id)  # twice: counted once
-    store.open(5, now=1.0, source=SOURCE)
+    store.detach(store.open(5, now=1.2, source=SOURCE).id, now=1.2)
+    store.detach(store.open(6, now=1.2, source=SOURCE).id, now=1.2)
     with pytest.raises(SourceLimit):
-        store.open(6, now=1.0, source=SOURCE)
+        store.open(7, now=1.2, source=SOURCE)
 
 
 def test_the_limit_per_source_must_be_positive() -> None:
     with pytest.raises(ValueError, match="limits"):
-        MemorySessionStore(max_sessions_per_source=0)
+        MemorySessionStore(max_away_per_source=0)
 
 
 def test_failed_resumes_are_throttled_per_source_never_the_right_token() -> None:

@@ -37,8 +37,8 @@ class SessionLimit(Exception):
 
 
 class SourceLimit(SessionLimit):
-    """The store holds ``max_sessions_per_source`` sessions opened from the request's
-    address already; answer the handshake with 429 + Retry-After."""
+    """``max_away_per_source`` sessions opened from the request's address are away (no
+    link) already; answer the handshake with 429 + Retry-After."""
 
 
 @dataclass(slots=True, eq=False)
@@ -98,7 +98,8 @@ class SessionStore(Protocol[S]):
 
         Raises:
             SessionLimit: The store is full.
-            SourceLimit: ``source`` has opened as many sessions as one source may hold.
+            SourceLimit: As many sessions opened from ``source`` are away as one source
+                may have.
         """
 
     def resume(
@@ -140,10 +141,13 @@ class MemorySessionStore(Generic[S]):
         failed_resume_window: Seconds of that window.
         max_sources: Most source addresses tracked for that limit (the least recently
             failed are forgotten first), so that the bookkeeping stays bounded.
-        max_sessions_per_source: Most sessions held at once that were opened from one
-            source address, so that one address cannot take every session (a tenth of
-            ``max_sessions`` by default). Clients behind one NAT share an address: raise
-            it for a fleet behind one.
+        max_away_per_source: Most sessions opened from one source address that may be
+            away (no link, waiting for a resume) at once; past it, that address opens no
+            new session until some end or come back (a tenth of ``max_sessions`` by
+            default). An address that opens sessions and drops them cannot take every
+            session, while clients that stay connected are not limited: clients behind
+            one NAT or one reverse proxy share an address, and they are mostly connected.
+            Resumes are never limited.
     """
 
     def __init__(
@@ -154,13 +158,13 @@ class MemorySessionStore(Generic[S]):
         failed_resume_limit: int = 100,
         failed_resume_window: float = 10.0,
         max_sources: int = 10_000,
-        max_sessions_per_source: int | None = None,
+        max_away_per_source: int | None = None,
     ) -> None:
-        if max_sessions_per_source is None:
-            max_sessions_per_source = max(1, max_sessions // 10)
+        if max_away_per_source is None:
+            max_away_per_source = max(1, max_sessions // 10)
         if (
             max_sessions < 1
-            or max_sessions_per_source < 1
+            or max_away_per_source < 1
             or ttl < 0
             or failed_resume_limit < 1
             or failed_resume_window <= 0
@@ -178,10 +182,10 @@ class MemorySessionStore(Generic[S]):
         self._failed_limit = failed_resume_limit
         self._failed_window = failed_resume_window
         self._max_sources = max_sources
-        self._max_per_source = max_sessions_per_source
-        # Sessions held per source address (only those with a count; at most one entry
-        # per session held).
-        self._per_source: dict[str, int] = {}
+        self._max_away_per_source = max_away_per_source
+        # Away sessions per source address (only those with some: at most one entry per
+        # away session).
+        self._away: dict[str, int] = {}
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -190,11 +194,10 @@ class MemorySessionStore(Generic[S]):
         self.expire(now)
         if len(self._sessions) >= self._max:
             raise SessionLimit(f"{self._max} sessions already")
-        if source is not None:
-            held = self._per_source.get(source, 0)
-            if held >= self._max_per_source:
-                raise SourceLimit(f"{held} sessions from this address already")
-            self._per_source[source] = held + 1
+        if source is not None and self._away.get(source, 0) >= self._max_away_per_source:
+            raise SourceLimit(
+                f"{self._max_away_per_source} sessions opened from this address are away"
+            )
         record = SessionRecord(
             id=secrets.token_urlsafe(_ID_BYTES),
             token=secrets.token_urlsafe(_TOKEN_BYTES),
@@ -204,15 +207,15 @@ class MemorySessionStore(Generic[S]):
         self._sessions[record.id] = record
         return record
 
-    def _forget(self, record: SessionRecord[S]) -> None:
-        """It left the store: it no longer counts against its source."""
+    def _count_away(self, record: SessionRecord[S], change: int) -> None:
+        """It went away (+1) or is back or forgotten (-1): count it against its source."""
         source = record.source
         if source is not None:
-            held = self._per_source[source] - 1
-            if held:
-                self._per_source[source] = held
+            away = self._away.get(source, 0) + change
+            if away:
+                self._away[source] = away
             else:
-                del self._per_source[source]
+                del self._away[source]
 
     def resume(
         self, session_id: str, token: str, now: float, source: str
@@ -238,6 +241,8 @@ class MemorySessionStore(Generic[S]):
     def detach(self, session_id: str, now: float) -> None:
         record = self._sessions.get(session_id)
         if record is not None:
+            if record.detached_at is None:
+                self._count_away(record, +1)
             record.detached_at = now
             self._detached.pop(session_id, None)
             self._detached[session_id] = now
@@ -245,13 +250,15 @@ class MemorySessionStore(Generic[S]):
     def attach(self, session_id: str) -> None:
         record = self._sessions.get(session_id)
         if record is not None:
+            if record.detached_at is not None:
+                self._count_away(record, -1)
             record.detached_at = None
             self._detached.pop(session_id, None)
 
     def close(self, session_id: str) -> None:
         record = self._sessions.pop(session_id, None)
-        if record is not None:
-            self._forget(record)
+        if record is not None and record.detached_at is not None:
+            self._count_away(record, -1)
         self._detached.pop(session_id, None)
 
     def expire(self, now: float) -> list[SessionRecord[S]]:
@@ -261,6 +268,6 @@ class MemorySessionStore(Generic[S]):
                 break
             del self._detached[session_id]
             record = self._sessions.pop(session_id)
-            self._forget(record)
+            self._count_away(record, -1)
             expired.append(record)
         return expired

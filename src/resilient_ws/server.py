@@ -304,9 +304,9 @@ class Server:
         except ControlError as exc:
             return _reject(connection, http.HTTPStatus.BAD_REQUEST, str(exc), peer)
         now = anyio.current_time()
+        source = _backend.peer_host(connection)
         session = token = None
         if resume is not None:
-            source = _backend.peer_host(connection)
             found = self.sessions.resume(resume.session, resume.token, now, source)
             if isinstance(found, Throttled):
                 retry_after = max(1, math.ceil(found.retry_after))
@@ -324,8 +324,8 @@ class Server:
         if session is None:
             session = ServerSession(session_id=None, policy=self._replay, request=request)
             try:
-                source = _backend.peer_host(connection) or None  # unknown: not counted
-                record = self.sessions.open(session, now, source)
+                # (An unknown address is not counted.)
+                record = self.sessions.open(session, now, source or None)
             except SourceLimit as exc:
                 return _reject(connection, http.HTTPStatus.TOO_MANY_REQUESTS, str(exc), peer,
                                _FULL_RETRY_AFTER)  # fmt: skip
