@@ -119,3 +119,59 @@ async def test_one_address_cannot_take_every_session() -> None:
             assert status == 101
             await stream.aclose()
             await back.aclose()
+
+
+async def test_away_sessions_cannot_take_more_than_the_replay_memory_budget() -> None:
+    """Defaults: all sessions' replay buffers together hold at most 1 GiB (issue 11:
+    sessions whose clients vanished held 4 MiB each, 40 GiB at the session limit). 260
+    away sessions are sent 4 MiB each (one shared 1 MiB object: the budget counts what
+    the buffers hold, the test's process does not): those that send past the budget
+    drop their own oldest, and their clients are told exactly what on resume."""
+    from _helpers import raw_handshake
+    from structlog.testing import capture_logs
+
+    mib = b"m" * (1 << 20)
+    filled: dict[str, int] = {}  # session id: replay_from once its 4 MiB were sent
+
+    async def sender(session: ServerSession) -> None:
+        while session.connected:  # noqa: ASYNC110 - no event marks it
+            await anyio.sleep(0.01)
+        for _ in range(4):
+            await session.send(mib)
+        assert session.id is not None
+        filled[session.id] = session.outbound.replay_from
+        await anyio.sleep_forever()
+
+    sessions = 260
+    with capture_logs() as logs, anyio.fail_after(3 * TIMEOUT):
+        async with resilient_ws.serve(sender, "127.0.0.1", 0) as server:
+            budget = server.replay_budget
+            assert budget is not None
+            assert budget.limit == 1 << 30
+            grants = []
+            for _ in range(sessions):
+                status, headers, stream = await raw_handshake(server.port)
+                assert status == 101
+                await stream.aclose()
+                grants.append(headers)
+            while len(filled) < sessions:  # noqa: ASYNC110 - no event marks it
+                await anyio.sleep(0.01)
+            assert budget.used <= budget.limit
+            overflowed = {sid: start for sid, start in filled.items() if start > 1}
+            assert 0 < len(overflowed) < sessions
+            assert [e for e in logs if e["event"] == "resilient_ws.replay_overflowed"]
+            # A client of an overflowed session resumes: the grant says from where the
+            # server can resend, the exact gap 1 .. replay_from - 1 of what it lacks.
+            grant = next(g for g in grants if g["rws-session"] in overflowed)
+            status, headers, stream = await raw_handshake(
+                server.port,
+                {
+                    "RWS-Session": grant["rws-session"],
+                    "RWS-Token": grant["rws-token"],
+                    "RWS-Received": "0",
+                    "RWS-Replay-From": "1",
+                },
+            )
+            await stream.aclose()
+            assert status == 101
+            assert int(headers["rws-replay-from"]) == overflowed[grant["rws-session"]]

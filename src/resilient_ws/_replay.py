@@ -40,6 +40,8 @@ from ._outbox import Message
 __all__ = [
     "ACK_OUT_OF_RANGE",
     "MALFORMED_CONTROL",
+    "MESSAGE_COST",
+    "Budget",
     "Gap",
     "Inbound",
     "Outbound",
@@ -94,6 +96,38 @@ def _check_number(value: int, what: str) -> None:
         raise ProtocolViolation(MALFORMED_CONTROL, f"{what}={value} is negative")
 
 
+class Budget:
+    """What the replay buffers of many sessions (a server's) may hold together, in bytes.
+
+    Each buffered message is charged its payload size plus :data:`MESSAGE_COST`, what
+    keeping it costs besides (a flood of tiny messages is memory too). An
+    :class:`Outbound` that records a message past the budget drops its own oldest
+    messages, the new one last, until the budget holds: the session that overflows is
+    the one that loses, and its peer is told exactly what (a gap, as past its own bounds).
+
+    Args:
+        limit: The bytes all the buffers may hold together (>= 1).
+
+    Raises:
+        ValueError: ``limit`` is below 1.
+    """
+
+    __slots__ = ("limit", "used")
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError(f"the replay memory budget must be >= 1 byte, not {limit}")
+        self.limit = limit
+        self.used = 0
+        """Bytes charged now."""
+
+
+MESSAGE_COST = 64
+"""Bytes a :class:`Budget` charges per buffered message besides its payload: the message
+object's header and its slots in the buffer's list and array (measured: 49-57 bytes for a
+``bytes`` message on CPython 3.11)."""
+
+
 class Outbound:
     """The sending half of a session: numbering, the replay buffer, acks, resume.
 
@@ -115,12 +149,14 @@ class Outbound:
         max_messages: Most unacknowledged messages kept (>= 1).
         max_bytes: Most payload bytes kept (>= 1; UTF-8 length for ``str``, as given to
             :meth:`record`).
+        budget: Shared with other sessions' buffers, if any (see :class:`Budget`).
 
     Raises:
         ValueError: A bound is below 1.
     """
 
     __slots__ = (
+        "_budget",
         "_byte_limit",
         "_count_limit",
         "_ends",
@@ -135,13 +171,14 @@ class Outbound:
         "sent",
     )
 
-    def __init__(self, max_messages: int, max_bytes: int) -> None:
+    def __init__(self, max_messages: int, max_bytes: int, budget: Budget | None = None) -> None:
         if max_messages < 1:
             raise ValueError(f"max_messages must be >= 1, not {max_messages}")
         if max_bytes < 1:
             raise ValueError(f"max_bytes must be >= 1, not {max_bytes}")
         self._max_messages = max_messages
         self._max_bytes = max_bytes
+        self._budget = budget
         # The buffer is _messages[_head:], oldest first (released slots before _head hold
         # None until the lists are compacted), and _ends[i] is the session's payload byte
         # count through _messages[i]. Flat lists, not a (message, size) pair per message:
@@ -191,12 +228,17 @@ class Outbound:
         total = self._total = self._total + size
         self._ends.append(total)
         self.sent += 1
+        budget = self._budget
+        if budget is not None:
+            budget.used += size + MESSAGE_COST
         if total > self._byte_limit:
             self._drop_overflow()
         elif len(messages) > self._count_limit:
             # One over max_messages (the common overflow): drop the oldest.
             self.overflowed += 1
             self._release_to(self._head + 1)
+        if budget is not None and budget.used > budget.limit and self.count:
+            self._drop_over_budget(budget)
         return self.sent
 
     def ack(self, number: int) -> None:
@@ -262,6 +304,11 @@ class Outbound:
         kept = cast("list[Message]", self._messages[self._head :])  # no None from _head on
         return list(enumerate(kept, self.replay_from))
 
+    def clear(self) -> None:
+        """The session ended: drop every buffered message (its bytes leave the budget)."""
+        if self.count:
+            self._release_to(len(self._messages))
+
     def restart(self) -> list[tuple[int, Message]]:
         """Start a new session after the old one was lost; numbering restarts at 0.
 
@@ -275,6 +322,7 @@ class Outbound:
             What :meth:`unacked` returned: ``(old number, message)``, oldest first.
         """
         unacked = self.unacked()
+        self.clear()
         self._messages.clear()
         del self._ends[:]
         self._head = self._total = self._released = 0
@@ -301,12 +349,31 @@ class Outbound:
         self.overflowed += end - head
         self._release_to(end)
 
+    def _drop_over_budget(self, budget: Budget) -> None:
+        """Drop the fewest oldest messages that bring ``budget`` within its limit, or all."""
+        head, ends, released = self._head, self._ends, self._released
+        over = budget.used - budget.limit
+        # Dropping messages head..i frees ends[i] - released bytes and i + 1 - head message
+        # costs, growing with i: the first i that covers ``over`` (or the last one).
+        low, high = head, len(ends) - 1
+        while low < high:
+            middle = (low + high) // 2
+            if ends[middle] - released + (middle + 1 - head) * MESSAGE_COST >= over:
+                high = middle
+            else:
+                low = middle + 1
+        self.overflowed += low + 1 - head
+        self._release_to(low + 1)
+
     def _release_to(self, end: int) -> None:
         """Drop the buffered messages before index ``end`` (at least one), in one slice
         operation: references go at once, and the lists are compacted once at least
         half of them is released (amortized O(1) per message, even one at a time)."""
         messages, head = self._messages, self._head
+        previous = self._released
         self._released = released = self._ends[end - 1]
+        if self._budget is not None:
+            self._budget.used -= released - previous + (end - head) * MESSAGE_COST
         if 2 * end >= len(messages):
             del messages[:end]
             del self._ends[:end]

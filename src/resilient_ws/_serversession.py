@@ -27,7 +27,7 @@ from . import _backend
 from ._backend import RawLink
 from ._logging import log
 from ._outbox import Message, payload_size
-from ._replay import Gap, Inbound, Outbound
+from ._replay import Budget, Gap, Inbound, Outbound
 from ._replaylink import ReplayLink
 from ._sync import MessageIterator, Signal
 from .config import Replay
@@ -62,12 +62,13 @@ class ServerSession(MessageIterator):
         session_id: str | None,
         policy: Replay | None,
         request: Any,
+        budget: Budget | None = None,
     ) -> None:
         self.id = session_id
         self.replay = policy is not None
         self.request = request
         policy = policy or Replay()
-        self.outbound = Outbound(policy.max_messages, policy.max_bytes)
+        self.outbound = Outbound(policy.max_messages, policy.max_bytes, budget)
         self.inbound = Inbound(policy.ack_every, policy.ack_delay)
         self._raw: RawLink | None = None
         self._link: ReplayLink | None = None
@@ -325,6 +326,7 @@ class ServerSession(MessageIterator):
         if self._error is None:
             self._error = error
         self._detach()
+        self.outbound.clear()  # nothing will be resent: free it (and the budget) now
 
     def _ending(self, raw: RawLink) -> ConnectionClosed:
         """A plain session's link closed: the session is over; the one error that

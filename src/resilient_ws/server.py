@@ -51,7 +51,7 @@ from ._protocol import (
     grant_headers,
     parse_resume,
 )
-from ._replay import ProtocolViolation
+from ._replay import Budget, ProtocolViolation
 from ._replaylink import ReplayLink
 from ._serversession import TAKEN_OVER, ServerSession
 from ._sessions import (
@@ -77,6 +77,8 @@ _EXPIRY_INTERVAL = 1.0
 _BACKLOG = 4096
 # Retry-After for a server at its session limit (seconds).
 _FULL_RETRY_AFTER = 5
+DEFAULT_REPLAY_MEMORY = 1 << 30
+"""serve()'s default ``replay_memory``: 1 GiB for all sessions' replay buffers together."""
 # How long closing the server lets handlers finish once their links are closed, before it
 # cancels them: a handler that ignores the end of its session must not hold the server.
 _HANDLER_GRACE = 5.0
@@ -91,6 +93,8 @@ class Server:
         watchdog: The process's shared :class:`~resilient_ws.StallWatchdog` while the
             server runs (see ``StallWatchdog.acquire()``), or ``None`` when disabled.
         port: The TCP port it listens on (useful with ``port=0``).
+        replay_budget: The bytes all its sessions' replay buffers hold (``.used``) and may
+            hold (``.limit``, ``serve(replay_memory=)``); ``None`` without a bound.
     """
 
     def __init__(
@@ -105,10 +109,12 @@ class Server:
         replay: Replay | None,
         sessions: SessionStore[ServerSession] | None,
         max_handshakes: int | None,
+        replay_memory: int | None,
         options: dict[str, Any],
     ) -> None:
         self._handler = handler
         self._max_handshakes = max_handshakes
+        self.replay_budget = None if replay_memory is None else Budget(replay_memory)
         self._replay = replay
         self.sessions: SessionStore[ServerSession] = (
             MemorySessionStore() if sessions is None else sessions
@@ -322,7 +328,9 @@ class Server:
                     return _reject(connection, http.HTTPStatus.BAD_REQUEST, exc.reason, peer)
         resumed = session is not None
         if session is None:
-            session = ServerSession(session_id=None, policy=self._replay, request=request)
+            session = ServerSession(
+                session_id=None, policy=self._replay, request=request, budget=self.replay_budget
+            )
             try:
                 # (An unknown address is not counted.)
                 record = self.sessions.open(session, now, source or None)
@@ -668,6 +676,7 @@ def serve(
     sessions: SessionStore[ServerSession] | None = None,
     compression: str | None = None,
     max_handshakes: int | None = 1000,
+    replay_memory: int | None = DEFAULT_REPLAY_MEMORY,
     **websockets_options: Any,
 ) -> Server:
     """Create a :class:`Server`; use it with ``async with``.
@@ -718,6 +727,12 @@ def serve(
             together. The default, 1000, is several times what a server completes per
             event-loop iteration at its busiest, and a second or more of handshakes for
             one core: normal load never reaches it. ``None`` disables the bound.
+        replay_memory: Bytes that the replay buffers of all sessions may hold together,
+            1 GiB by default (each message charged its payload and 64 bytes). A session
+            that sends past it drops its own oldest unacknowledged messages (its client
+            gets an exact gap if it lacks them, ``replay_overflowed`` is logged), so that
+            clients that stay away cannot take the process's memory: without it, 10,000
+            sessions could hold 4 MiB each, 40 GiB. ``None``: no bound but each session's.
         **websockets_options: Passed to websockets' ``serve`` (``process_request``,
             ``process_response``, ``max_size``...).
     """
@@ -733,5 +748,6 @@ def serve(
         replay=replay,
         sessions=sessions,
         max_handshakes=max_handshakes,
+        replay_memory=replay_memory,
         options={"compression": compression, **websockets_options},
     )
