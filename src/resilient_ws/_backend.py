@@ -203,6 +203,11 @@ class _Recording:
             elif self.on_pong is not None:
                 self.on_pong(bytes(event.data), now)
         elif opcode in _DATA_OPCODES:
+            if self.recv_messages.closed:  # type: ignore[attr-defined]
+                # websockets' trio connection closed its message stream while it still
+                # held frames it had parsed: handing one on makes it log "unexpected
+                # internal error". The link is closing; the peer resends what we lack.
+                return
             self._data(now)
         super().process_event(event)  # type: ignore[misc]
         if opcode is Opcode.PING and self.on_ping is not None:
