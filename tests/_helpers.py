@@ -30,12 +30,13 @@ async def next_event(events: AsyncIterator[Event], kind: type[E]) -> E:
 
 
 async def raw_handshake(
-    port: int, headers: dict[str, str] | None = None
+    port: int, headers: dict[str, str] | None = None, *, source: str | None = None
 ) -> tuple[int, dict[str, str], anyio.abc.SocketStream]:
-    """Open a TCP connection and send an opening handshake offering the replay protocol,
-    with ``headers`` besides, by hand; the response's status, its headers (lowercase
-    names) and the stream."""
-    stream = await anyio.connect_tcp("127.0.0.1", port)
+    """Open a TCP connection (from the loopback address ``source``, if given: any of
+    127.0.0.0/8 on Linux) and send an opening handshake offering the replay protocol, with
+    ``headers`` besides, by hand; the response's status, its headers (lowercase names)
+    and the stream."""
+    stream = await anyio.connect_tcp("127.0.0.1", port, local_host=source)
     key = base64.b64encode(os.urandom(16)).decode()
     extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
     await stream.send(

@@ -19,11 +19,14 @@ TIMEOUT = 20
 # ---- the pure core -------------------------------------------------------------------------
 
 
-def arrive(admission: Admission, count: int, now: float) -> list[int | None]:
+CROWD = "198.51.100.1"  # one address: a crowd behind a NAT, or one that floods
+
+
+def arrive(admission: Admission, count: int, now: float, source: str = CROWD) -> list[int | None]:
     answers = []
     for _ in range(count):
-        admission.arrived()
-        answers.append(admission.admit(now))
+        admission.arrived(source)
+        answers.append(admission.admit(now, source))
     return answers
 
 
@@ -38,8 +41,8 @@ def test_bound_frees_as_handshakes_end() -> None:
     admission = Admission(1)
     assert arrive(admission, 1, now=0.0) == [None]
     assert arrive(admission, 1, now=0.0)[0] is not None
-    admission.left(0.0, completed=False)  # the shed one
-    admission.left(0.0, completed=True)  # the admitted one
+    admission.left(0.0, CROWD, completed=False)  # the shed one
+    admission.left(0.0, CROWD, completed=True)  # the admitted one
     assert admission.in_progress == 0
     assert arrive(admission, 1, now=0.1) == [None]
 
@@ -65,9 +68,9 @@ def test_retry_after_is_capped() -> None:
 def test_schedule_follows_the_measured_rate_when_higher() -> None:
     admission = Admission(10)
     for step in range(100):  # 100 completions within a second
-        admission.arrived()
-        assert admission.admit(step / 100) is None
-        admission.left(step / 100, completed=True)
+        admission.arrived(CROWD)
+        assert admission.admit(step / 100, CROWD) is None
+        admission.left(step / 100, CROWD, completed=True)
     answers = arrive(admission, 10 + 300, now=1.0)
     # 300 shed at 100/s measured (not 10/s assumed): about 3 seconds of slots.
     assert max(answer or 0 for answer in answers) <= 5
@@ -83,6 +86,21 @@ def test_report_aggregates_and_resets() -> None:
     assert report.retry_after_min == min(a for a in answers if a)
     assert report.retry_after_max == max(a for a in answers if a)
     assert admission.report() is None
+
+
+def test_past_the_bound_light_sources_still_get_in() -> None:
+    """One address holding the bound is shed; others, with a tenth of it in progress at
+    most, are admitted up to twice the bound (issue 11: a flood from one address must not
+    shed everyone)."""
+    admission = Admission(100)
+    assert arrive(admission, 100, now=0.0) == [None] * 100
+    assert all(arrive(admission, 50, now=0.0))  # the flooder: shed
+    assert arrive(admission, 10, now=0.0, source="192.0.2.1") == [None] * 10
+    assert arrive(admission, 1, now=0.0, source="192.0.2.1")[0] is not None  # past a tenth
+    for index in range(40):  # many light sources: up to twice the bound in all
+        arrive(admission, 1, now=0.0, source=f"203.0.113.{index}")
+    assert admission.in_progress == 201
+    assert arrive(admission, 1, now=0.0, source="192.0.2.99")[0] is not None
 
 
 def test_bound_must_be_positive() -> None:
@@ -197,6 +215,35 @@ async def test_resilient_client_connects_during_and_after_a_burst() -> None:
             # And after the burst, a client connects at once.
             async with resilient_ws.connect(url) as ws:
                 await ws.send("again")
+
+
+@pytest.mark.anyio
+async def test_one_address_at_the_bound_does_not_shed_another() -> None:
+    gate = Gate()
+    with anyio.fail_after(TIMEOUT):
+        async with serve(gate, max_handshakes=1) as server:
+            async with anyio.create_task_group() as tasks:
+                answers: list[tuple[str, int, anyio.abc.SocketStream]] = []
+
+                async def handshake(source: str) -> None:
+                    status, _, stream = await raw_handshake(server.port, source=source)
+                    answers.append((source, status, stream))
+
+                tasks.start_soon(handshake, "127.0.0.1")
+                await gate.arrived.wait()  # 127.0.0.1 holds the bound
+                status, _, stream = await raw_handshake(server.port)  # 127.0.0.1 again
+                await stream.aclose()
+                assert status == 503
+                tasks.start_soon(handshake, "127.0.0.2")  # another address: admitted
+                while gate.waiting < 2:  # noqa: ASYNC110 - a counter
+                    await anyio.sleep(0.01)
+                gate.opened.set()
+            assert sorted((source, status) for source, status, _ in answers) == [
+                ("127.0.0.1", 101),
+                ("127.0.0.2", 101),
+            ]
+            for _, _, stream in answers:
+                await stream.aclose()
 
 
 @pytest.mark.anyio

@@ -56,6 +56,12 @@ class ShedReport:
 class Admission:
     """Bound on handshakes in progress, and the ``Retry-After`` of those beyond it.
 
+    Past the bound, a request is shed unless its source address is a light one: one with
+    at most a tenth of the bound in progress, admitted up to twice the bound in all. So one
+    address that floods the server with handshakes fills the bound and is shed, and the
+    other clients still get in; a crowd from one address (a NAT, a reverse proxy, a
+    benchmark on 127.0.0.1) is bounded as before.
+
     The I/O layer calls :meth:`arrived` when a request is read, :meth:`admit` before
     answering it, and :meth:`left` once the response is sent or the handshake failed.
     """
@@ -64,8 +70,12 @@ class Admission:
         if limit < 1:
             raise ValueError("max_handshakes must be >= 1")
         self.limit = limit
-        # Requests read, neither rejected nor answered 101 yet.
+        self.light = max(1, limit // 10)
+        """Most handshakes in progress from a source that is admitted past the bound."""
+        # Requests read, neither rejected nor answered 101 yet; of them, per source
+        # address (only those with some: at most one entry per request in progress).
         self.in_progress = 0
+        self._by_source: dict[str, int] = {}
         # Completed handshakes: in the current window, and the rate of the last full one.
         self._window_start = -math.inf
         self._window_count = 0
@@ -75,21 +85,29 @@ class Admission:
         self._shed = 0
         self._shed_min = self._shed_max = 0
 
-    def arrived(self) -> None:
-        """A handshake request was read."""
+    def arrived(self, source: str) -> None:
+        """A handshake request was read from ``source``."""
         self.in_progress += 1
+        self._by_source[source] = self._by_source.get(source, 0) + 1
 
-    def left(self, now: float, *, completed: bool) -> None:
+    def left(self, now: float, source: str, *, completed: bool) -> None:
         """A handshake counted by :meth:`arrived` ended; ``completed`` if it succeeded."""
         self.in_progress -= 1
+        count = self._by_source[source] - 1
+        if count:
+            self._by_source[source] = count
+        else:
+            del self._by_source[source]
         if completed:
             self._roll(now)
             self._window_count += 1
 
-    def admit(self, now: float) -> int | None:
-        """Whether to serve a request counted by :meth:`arrived`: ``None`` if so, else
-        the ``Retry-After`` (whole seconds, >= 1) to answer with 503."""
-        if self.in_progress <= self.limit:
+    def admit(self, now: float, source: str) -> int | None:
+        """Whether to serve a request from ``source`` counted by :meth:`arrived`: ``None``
+        if so, else the ``Retry-After`` (whole seconds, >= 1) to answer with 503."""
+        if self.in_progress <= self.limit or (
+            self.in_progress <= 2 * self.limit and self._by_source[source] <= self.light
+        ):
             return None
         self._roll(now)
         # The completions measured understate what the server can do when few arrive
@@ -154,12 +172,12 @@ def hooks(
         spawn: Starts a background task (the server's task group ``start_soon``).
     """
     reporting = False
-    counted: set[Any] = set()  # the connections whose handshake is counted
+    counted: dict[Any, str] = {}  # the connections whose handshake is counted: their source
 
     def leave(connection: Any, completed: bool) -> None:
-        if connection in counted:
-            counted.discard(connection)
-            admission.left(anyio.current_time(), completed=completed)
+        source = counted.pop(connection, None)
+        if source is not None:
+            admission.left(anyio.current_time(), source, completed=completed)
 
     async def report() -> None:
         nonlocal reporting
@@ -174,9 +192,9 @@ def hooks(
 
     async def process_request(connection: Any, request: Any) -> Any:
         nonlocal reporting
-        counted.add(connection)
-        admission.arrived()
-        retry_after = admission.admit(anyio.current_time())
+        source = counted[connection] = _backend.peer_host(connection)
+        admission.arrived(source)
+        retry_after = admission.admit(anyio.current_time(), source)
         if retry_after is not None:
             if not reporting:
                 reporting = True

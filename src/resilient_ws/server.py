@@ -726,7 +726,9 @@ def serve(
             thousand clients reconnecting at once all time out together and retry
             together. The default, 1000, is several times what a server completes per
             event-loop iteration at its busiest, and a second or more of handshakes for
-            one core: normal load never reaches it. ``None`` disables the bound.
+            one core: normal load never reaches it. Past it, an address with at most a
+            tenth of it in progress is still admitted, up to twice the bound in all: one
+            address that floods does not shed the others. ``None`` disables the bound.
         replay_memory: Bytes that the replay buffers of all sessions may hold together,
             1 GiB by default (each message charged its payload and 64 bytes). A session
             that sends past it drops its own oldest unacknowledged messages (its client
