@@ -33,7 +33,7 @@ import anyio
 from . import _backend
 from ._logging import log
 
-__all__ = ["Admission", "ShedReport", "hooks"]
+__all__ = ["Admission", "Penalties", "ShedReport", "hooks", "refusing"]
 
 # Longest Retry-After handed out (seconds): a resilient_ws client honours up to 300 s
 # (Backoff.max_retry_after) and a crowd this far ahead is better re-spread when it returns.
@@ -141,6 +141,46 @@ class Admission:
             self._window_start, self._window_count = now, 0
 
 
+class Penalties:
+    """Source addresses turned away for a while after abuse (a control frame flood).
+
+    A flooder cut off reconnects at once and floods again: each new link's first frames
+    are parsed before it is cut (issue 11: another client's echo took 97 ms instead of
+    1.1 ms). Its address is refused instead: 10 s after a first offence, twice as long after
+    each one that follows while it is remembered (up to 300 s), which is until as long
+    again after the last penalty ends.
+
+    Args:
+        max_sources: Most addresses remembered (the oldest offence is forgotten first).
+    """
+
+    FIRST = 10.0
+    LONGEST = 300.0
+
+    def __init__(self, max_sources: int = 10_000) -> None:
+        self._max = max_sources
+        # source: (penalty ends, its length), the most recent offence last.
+        self._sources: dict[str, tuple[float, float]] = {}
+
+    def punish(self, source: str, now: float) -> float:
+        """``source`` abused the server at ``now``; how long it is turned away."""
+        previous = self._sources.pop(source, None)
+        length = self.FIRST
+        if previous is not None and now < previous[0] + previous[1]:
+            length = min(self.LONGEST, 2 * previous[1])
+        if len(self._sources) >= self._max:
+            del self._sources[next(iter(self._sources))]
+        self._sources[source] = (now + length, length)
+        return length
+
+    def retry_after(self, source: str, now: float) -> int | None:
+        """Whole seconds ``source`` is still turned away for, if it is."""
+        entry = self._sources.get(source)
+        if entry is None or now >= entry[0]:
+            return None
+        return max(1, math.ceil(entry[0] - now))
+
+
 # ---- adapters to websockets' server connections (I/O: they read the clock, sleep, log) ----
 
 
@@ -227,3 +267,24 @@ def hooks(
             leave(connection, completed)
 
     return process_request, process_response
+
+
+def refusing(
+    penalties: Penalties, theirs: Callable[..., Any] | None
+) -> Callable[[Any, Any], Awaitable[Any]]:
+    """websockets' ``process_request``: 429 with a ``Retry-After`` at once for an address
+    that ``penalties`` turns away, before any other work; else ``theirs``, if any."""
+
+    async def process_request(connection: Any, request: Any) -> Any:
+        retry_after = penalties.retry_after(_backend.peer_host(connection), anyio.current_time())
+        if retry_after is not None:
+            response = connection.respond(
+                http.HTTPStatus.TOO_MANY_REQUESTS, "turned away for abuse\n"
+            )
+            response.headers["Retry-After"] = str(retry_after)
+            return response
+        if theirs is None:
+            return None
+        return await _backend.run_hook(theirs, connection, request)
+
+    return process_request

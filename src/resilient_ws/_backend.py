@@ -164,6 +164,9 @@ class _Recording:
     # Called with the payload and arrival time of each pong that is not a control
     # message: the keepalive matches its probes' pongs.
     on_pong: Callable[[bytes, float], None] | None
+    # Called with the link when it is cut for a control frame flood: serve() turns the
+    # flooder's address away for a while.
+    on_flood: Callable[[Any], None] | None
     last_beacon: Beacon | None
     control: ControlHandler | None
     beacon_at: float  # when serve() last answered a probe with a beacon
@@ -181,7 +184,7 @@ class _Recording:
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.last_inbound = 0.0
         self.last_data = self.beacon_at = self.control_since = -math.inf
-        self.waker = self.on_ping = self.on_pong = None
+        self.waker = self.on_ping = self.on_pong = self.on_flood = None
         self.last_beacon = self.control = None
         self.beacon_state = None
         self.control_frames = 0
@@ -225,6 +228,8 @@ class _Recording:
         if self.control_frames == MAX_CONTROL_FRAMES + 1:
             log("control_flood", logging.WARNING, peer=str(peer_address(self)),
                 frames=self.control_frames, limit=MAX_CONTROL_FRAMES)  # fmt: skip
+            if self.on_flood is not None:
+                self.on_flood(self)
             # Fail the connection: the close frame goes out, and websockets discards what
             # else arrives unparsed (a closing handshake would parse the flood on while it
             # waited for the peer's close, which a flooder never sends).

@@ -141,6 +141,7 @@ class Server:
         # The links being served, for lag beacons.
         self._links: set[Any] = set()
         self._monitors: anyio.CancelScope | None = None  # the background work's
+        self._penalties = _admission.Penalties()
 
     async def __aenter__(self) -> Server:
         self._acquire_monitors()
@@ -269,6 +270,10 @@ class Server:
                 options.get("process_response"),
                 self._tasks.start_soon,
             )
+        # First of all: an address turned away for abuse gets 429 at once.
+        options["process_request"] = _admission.refusing(
+            self._penalties, options.get("process_request")
+        )
         if _backend.is_trio():
             from websockets.trio.server import serve as trio_serve
 
@@ -409,6 +414,7 @@ class Server:
         scope = anyio.CancelScope()
         self._serving.add(scope)
         self._links.add(connection)
+        connection.on_flood = self._flooded
         try:
             with scope:
                 await self._serve_link(connection)
@@ -519,6 +525,16 @@ class Server:
             cause = str(exc)
         log("session_ended", session_id=session.id, peer=_peer_of(session) or peer, cause=cause)
         return False
+
+    def _flooded(self, connection: Any) -> None:
+        """A link was cut for a control frame flood: turn its address away a while."""
+        source = _backend.peer_host(connection)
+        if source:
+            # (The frame's arrival time: on asyncio this runs in a protocol callback,
+            # outside any task, where anyio cannot tell the event loop.)
+            seconds = self._penalties.punish(source, connection.last_inbound)
+            log("source_turned_away", logging.WARNING, peer=source, seconds=seconds,
+                reason="control_flood")  # fmt: skip
 
     def _watch_link(self, connection: Any) -> LinkKeepalive | None:
         """Answer the link's probes with beacons; start its keepalive (on the loop's
