@@ -235,6 +235,8 @@ class _Ticker:
             raise ValueError("interval must be positive")
         self.interval = interval
         self._group: TaskGroup | None = None
+        self._users = 0  # of a shared one (acquire)
+        self._stop_ticking: Callable[[], object] | None = None
 
     def _start(self) -> None: ...
     def _stop(self) -> None: ...
@@ -282,6 +284,25 @@ class _Ticker:
 
     def _started_at(self, now: float) -> None:
         """Ticking without a task starts (``now``: the loop's clock)."""
+
+    def _drop_user(self, forget: Callable[[], object]) -> bool:
+        """A user of the shared ticker is done. The last one: ``forget()`` it (under the
+        lock, so that the next user starts a new one) and stop ticking. Whether it was.
+
+        Raises:
+            RuntimeError: More releases than acquires.
+        """
+        with _shared_lock:
+            if self._users <= 0:
+                raise RuntimeError("release() without a matching acquire()")
+            self._users -= 1
+            if self._users:
+                return False
+            forget()
+        stop, self._stop_ticking = self._stop_ticking, None
+        if stop is not None:
+            stop()
+        return True
 
     def _tick_at(self, lag: float, now: float) -> None:
         self._tick(lag)
@@ -345,9 +366,7 @@ class LoopLagMonitor(_Ticker):
         self.last_tick: float | None = None
         self.last_tick_monotonic: float | None = None
         self._running = False  # run() or async with
-        self._users = 0  # of a shared monitor (acquire)
         self._loop_key: object = None
-        self._stop_ticking: Callable[[], object] | None = None
 
     @classmethod
     def acquire(cls) -> LoopLagMonitor:
@@ -380,16 +399,7 @@ class LoopLagMonitor(_Ticker):
         Raises:
             RuntimeError: More releases than acquires.
         """
-        with _shared_lock:
-            if self._users <= 0:
-                raise RuntimeError("release() without a matching acquire()")
-            self._users -= 1
-            if self._users:
-                return
-            del _shared[self._loop_key]
-        stop, self._stop_ticking = self._stop_ticking, None
-        if stop is not None:
-            stop()
+        self._drop_user(lambda: _shared.pop(self._loop_key))
 
     @classmethod
     @asynccontextmanager
@@ -562,9 +572,7 @@ class StallWatchdog(_Ticker):
         self._stopping = threading.Event()
         self._watcher: threading.Thread | None = None
         self._helper: subprocess.Popen[bytes] | None = None
-        self._users = 0  # of the shared watchdog (acquire)
         self._loop_key: object = None
-        self._stop_ticking: Callable[[], object] | None = None
 
     @classmethod
     def acquire(cls, threshold: float = 1.0) -> StallWatchdog | None:
@@ -609,18 +617,13 @@ class StallWatchdog(_Ticker):
         Raises:
             RuntimeError: More releases than acquires.
         """
-        global _shared_watchdog
-        with _shared_lock:
-            if self._users <= 0:
-                raise RuntimeError("release() without a matching acquire()")
-            self._users -= 1
-            if self._users:
-                return
+
+        def forget() -> None:
+            global _shared_watchdog
             _shared_watchdog = None
-        stop, self._stop_ticking = self._stop_ticking, None
-        if stop is not None:
-            stop()
-        self._stop()
+
+        if self._drop_user(forget):
+            self._stop()
 
     def _start(self) -> None:
         global _active
