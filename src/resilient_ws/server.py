@@ -415,6 +415,9 @@ class Server:
         self._serving.add(scope)
         self._links.add(connection)
         connection.on_flood = self._flooded
+        # The 101 response was sent and nothing reads it again (the handler sees the
+        # session's request, not the response): ~1.5 KiB per link with a replay grant.
+        connection.response = None
         try:
             with scope:
                 await self._serve_link(connection)
