@@ -1237,8 +1237,8 @@ def _print_issue9(
 ) -> None:
     serve = report.get("serve_dead")
     print(
-        "\n4. Dead network on an idle link to resilient_ws.serve() (defaults: lag beacons every"
-        " 1 s, so the client never needs to probe): iptables DROP both directions"
+        "\n4. Dead network on an idle link to resilient_ws.serve() (defaults: a quiet link,"
+        " watched by the kernel's keepalive): iptables DROP both directions"
     )
     if serve is None:
         print("   not run")

@@ -42,6 +42,26 @@ class Firewall:
             if failed:
                 raise RuntimeError(f"iptables rules left behind: {failed}")
 
+    @contextmanager
+    def drop_one_empty_segment(self, port: int) -> Iterator[None]:
+        """Drop the next TCP segment without payload sent to ``port`` on IPv4 loopback,
+        only that one: on an idle link to a server that does not probe, the client
+        kernel's next keepalive probe (52 bytes: IP, TCP and timestamps, no data).
+
+        ``limit`` matches one packet (its burst), then none for an hour: one DROP.
+        """
+        rule = [
+            "INPUT", "-i", "lo", "-p", "tcp", "--dport", str(port),
+            "-m", "length", "--length", "52",
+            "-m", "limit", "--limit", "1/hour", "--limit-burst", "1",
+            *_TAG, "-j", "DROP",
+        ]  # fmt: skip
+        _iptables("-I", *rule)
+        try:
+            yield
+        finally:
+            _iptables("-D", *rule)
+
 
 # Names our rules for whoever lists the firewall while a test runs.
 _TAG = ["-m", "comment", "--comment", "resilient_ws-test-faults"]

@@ -491,10 +491,12 @@ def test_deadlines_never_below_the_floor(steps: list[tuple[float, str, float, Tc
 # ---- quiet links: the kernel watches, Python probes only after traffic ------------------
 
 
-def answered_probe(quiet: float | None, *, data_at: float = 0.0) -> Liveness:
+def answered_probe(
+    quiet: float | None, *, data_at: float = 0.0, kernel_idle: float | None = None
+) -> Liveness:
     """A link opened at 0, a message at ``data_at``, its first probe sent at 1 and
     answered at 1.001."""
-    liveness = Liveness(POLICY, 0.0, quiet=quiet)
+    liveness = Liveness(POLICY, 0.0, quiet=quiet, kernel_idle=kernel_idle)
     assert isinstance(liveness.poll(1.0, Evidence(tcp=OPEN, last_data=data_at)), Probe)
     liveness.probe_sent(1.0)
     liveness.pong(1.001, 1.0)
@@ -507,6 +509,31 @@ def test_a_quiet_link_the_kernel_watches_is_probed_every_quiet_interval() -> Non
     assert decision == Wait(1.001 + 15.0, liveness.diagnosis)
     assert liveness.parked
     assert isinstance(liveness.poll(16.001, Evidence(tcp=OPEN, last_data=0.0)), Probe)
+
+
+def test_a_quiet_link_whose_kernel_probe_was_answered_stays_parked() -> None:
+    """The kernel probes 1 s after it last received anything; an ACK younger than that
+    plus a pong's wait keeps the link parked until quiet_interval."""
+    liveness = answered_probe(quiet=15.0, kernel_idle=1.0)
+    assert liveness.unanswered_after == 1.0 + liveness.timeout
+    in_time = Tcp(last_ack_recv=1.0 + liveness.timeout - 0.01)
+    decision = liveness.poll(3.0, Evidence(tcp=in_time, last_data=0.0))
+    assert decision == Wait(1.001 + 15.0, liveness.diagnosis)
+    assert liveness.parked
+
+
+def test_a_lost_keepalive_probe_brings_an_application_probe_at_once() -> None:
+    liveness = answered_probe(quiet=15.0, kernel_idle=1.0)
+    late = Tcp(last_ack_recv=1.0 + liveness.timeout)
+    assert isinstance(liveness.poll(3.0, Evidence(tcp=late, last_data=0.0)), Probe)
+
+
+def test_without_kernel_acks_nothing_is_unanswered() -> None:
+    """macOS reports no last ACK: the kernel's own second probe drops a dead link."""
+    liveness = answered_probe(quiet=15.0)
+    assert liveness.unanswered_after is None
+    decision = liveness.poll(3.0, Evidence(tcp=Tcp(last_ack_recv=9.0), last_data=0.0))
+    assert decision == Wait(1.001 + 15.0, liveness.diagnosis)
 
 
 def test_without_the_kernel_an_idle_link_is_probed_every_idle_period() -> None:

@@ -24,7 +24,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.frames import Opcode
 
 import resilient_ws
-from resilient_ws import Disconnected, Keepalive, PeerStalled
+from resilient_ws import Disconnected, Keepalive, PeerStalled, _tcpinfo
 from resilient_ws._protocol import BEACON_PREFIX, decode_beacon
 
 pytestmark = pytest.mark.anyio
@@ -96,9 +96,13 @@ async def test_a_message_on_a_quiet_link_brings_back_the_probe() -> None:
 
 
 @pytest.mark.root
-async def test_a_dead_path_under_a_quiet_link_is_dropped_by_the_kernel(
+async def test_a_dead_path_under_a_quiet_link_is_judged_at_the_kernels_first_lost_probe(
     firewall: Firewall,
 ) -> None:
+    """The kernel's keepalive probe goes unanswered; the client sees its last ACK grow old
+    and sends one application probe, which the dead path does not carry: network_dead on
+    that probe's evidence (retransmits), before the kernel's second probe would drop the
+    link (kernel_timeout)."""
     counter = ping_counting()
     with ThreadServer(create_connection=counter, ping_interval=None) as server:
         async with resilient_ws.connect(server.url) as ws:
@@ -112,7 +116,51 @@ async def test_a_dead_path_under_a_quiet_link_is_dropped_by_the_kernel(
                         if isinstance(event, Disconnected):
                             break
             assert event.verdict == "network_dead"
-            assert counter.pings == 1  # no application probe was involved
+            assert counter.pings == 1  # the application probe never got through
+            abandoned = [log for log in logs if log["event"] == "resilient_ws.link_abandoned"]
+            assert [log["evidence"] for log in abandoned] == ["retransmits"]
+
+
+@pytest.mark.root
+async def test_one_lost_keepalive_probe_costs_a_probe_not_the_link(firewall: Firewall) -> None:
+    """A single lost keepalive probe (or its ACK) on a healthy quiet link: the client's
+    application probe is answered and the link stays up, where a kernel that drops after
+    one unanswered probe would cut it."""
+    counter = ping_counting()
+    with ThreadServer(create_connection=counter, ping_interval=None) as server:
+        async with resilient_ws.connect(server.url) as ws:
+            events = ws.events()
+            await wait_for_pings(counter, 1)
+            await anyio.sleep(Keepalive().idle + 0.5)  # parked
+            with firewall.drop_one_empty_segment(server.port):
+                await wait_for_pings(counter, 2)  # the probe that the lost one brought
+                with anyio.move_on_after(WINDOW):
+                    async for event in events:
+                        assert not isinstance(event, (Disconnected, PeerStalled)), event
+            assert counter.pings == 2
+            assert ws.stats.state == "open"
+            assert ws.stats.links == 1
+
+
+@pytest.mark.root
+async def test_without_ack_times_the_kernel_alone_drops_a_dead_quiet_link(
+    firewall: Firewall, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the platform reports no last ACK (macOS), the kernel's second unanswered
+    probe drops the link: kernel_timeout."""
+    monkeypatch.setattr(_tcpinfo, "reports_last_ack", lambda: False)
+    counter = ping_counting()
+    with ThreadServer(create_connection=counter, ping_interval=None) as server:
+        async with resilient_ws.connect(server.url) as ws:
+            events = ws.events()
+            await wait_for_pings(counter, 1)
+            await anyio.sleep(Keepalive().idle + 0.5)
+            with capture_logs() as logs, firewall.drop(server.port):
+                with anyio.fail_after(TIMEOUT):
+                    async for event in events:
+                        if isinstance(event, Disconnected):
+                            break
+            assert event.verdict == "network_dead"
             abandoned = [log for log in logs if log["event"] == "resilient_ws.link_abandoned"]
             assert [log["evidence"] for log in abandoned] == ["kernel_timeout"]
 

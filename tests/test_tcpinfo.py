@@ -14,7 +14,14 @@ from _servers import ThreadServer
 from hypothesis import given
 from hypothesis import strategies as st
 
-from resilient_ws._tcpinfo import ESTABLISHED, parse_darwin, parse_linux, raw_socket, read
+from resilient_ws._tcpinfo import (
+    ESTABLISHED,
+    last_ack_recv,
+    parse_darwin,
+    parse_linux,
+    raw_socket,
+    read,
+)
 
 linux_only = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="TCP_INFO is a Linux socket option"
@@ -182,6 +189,24 @@ def test_read_a_closed_socket_gives_none(tcp_pair: tuple[socket.socket, socket.s
     client = tcp_pair[0]
     client.close()
     assert read(client) is None
+
+
+@linux_only
+def test_last_ack_recv_is_what_read_gives(tcp_pair: tuple[socket.socket, socket.socket]) -> None:
+    client = tcp_pair[0]
+    info = read(client)
+    cheap = last_ack_recv(client)
+    assert info is not None
+    assert info.last_ack_recv is not None
+    assert cheap is not None
+    assert abs(cheap - info.last_ack_recv) < 0.5  # read a moment apart
+    client.close()
+    assert last_ack_recv(client) is None
+
+
+def test_last_ack_recv_of_a_short_tcp_info_gives_none() -> None:
+    short = SimpleNamespace(getsockopt=lambda *args: bytes(56))
+    assert last_ack_recv(short) is None  # type: ignore[arg-type]
 
 
 @linux_only

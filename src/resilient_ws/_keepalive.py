@@ -14,8 +14,12 @@ probe carries its number; the connection's frame hook hands over pongs (``on_pon
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
+import math
 import struct
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -118,7 +122,15 @@ class LinkKeepalive:
             quiet = policy.quiet_interval
         self._timers = Timers.current()
         self._now = self._timers.now
-        self.liveness = Liveness(policy, self._now(), quiet=quiet if self.kernel else None)
+        # Where the kernel reports its ACKs, a lost keepalive probe on a quiet link brings
+        # an application probe at once (not on serve(), which watches no quiet link).
+        kernel_idle = None
+        if self.kernel and quiet != math.inf and _tcpinfo.reports_last_ack():
+            kernel_idle = _tcpinfo.keepalive_idle(policy.idle)
+        self._quiet_links = _QuietLinks.of(self._timers) if kernel_idle is not None else None
+        self.liveness = Liveness(
+            policy, self._now(), quiet=quiet if self.kernel else None, kernel_idle=kernel_idle
+        )
         self._retrans_at_probe = 0
         self._announced_stall = False
         self._probes = 0
@@ -158,6 +170,8 @@ class LinkKeepalive:
     def stop(self) -> None:
         """Stop watching (the link ended). Idempotent."""
         self._stopped = True
+        if self._quiet_links is not None:
+            self._quiet_links.watch(self, None, False)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -188,6 +202,8 @@ class LinkKeepalive:
             # peer judged stalled (its recovery is noticed at its first frame).
             raw: Any = self._raw
             raw.waker = self._wake if liveness.parked or self._announced_stall else None
+            if self._quiet_links is not None:
+                self._quiet_links.watch(self, liveness.unanswered_after, liveness.parked)
             self._until = decision.until
             self._timer = self._timers.call_at(decision.until, self._due)
             return
@@ -338,3 +354,104 @@ class LinkKeepalive:
             timeout=self.liveness.timeout,
             srtt=self.liveness.rtt.srtt,
         )
+
+
+# The parked links of an event loop are checked in passes at least this far apart: a
+# verdict comes at most this much later, for far fewer wake-ups than a timer per link.
+_QUIET_PASS = 0.05
+
+
+class _QuietLinks:
+    """The parked links of one event loop whose kernel's ACKs are watched (Linux clients).
+
+    Each is checked once per keepalive period, when its kernel's probe would have gone a
+    pong's wait unanswered (:attr:`Liveness.unanswered_after`): one read of its last ACK.
+    Answered, it is checked again a period later; unanswered, it is woken, and its
+    decision probes it. One timer for them all, in a heap of plain tuples: a timer per
+    link costs asyncio a handle and Python-level comparisons in its heap.
+    """
+
+    def __init__(self, timers: Timers) -> None:
+        self._timers = weakref.ref(timers)  # the loop's timers own this, not the reverse
+        # Each watched link: its socket, its unanswered_after, and the number of its entry
+        # in the heap (an entry of a link unwatched since, or watched again, is stale).
+        self._links: dict[LinkKeepalive, tuple[_tcpinfo.SockOpts, float, int]] = {}
+        self._heap: list[tuple[float, int, LinkKeepalive]] = []
+        self._entries = itertools.count()
+        self._timer: Timer | None = None
+        self._timer_at = math.inf
+
+    @classmethod
+    def of(cls, timers: Timers) -> _QuietLinks:
+        links = _quiet_links.get(timers)
+        if links is None:
+            links = _quiet_links[timers] = cls(timers)
+        return links
+
+    def watch(self, keepalive: LinkKeepalive, after: float | None, parked: bool) -> None:
+        """Watch ``keepalive``'s link while it is parked (``after``: its
+        :attr:`Liveness.unanswered_after`); stop watching it otherwise."""
+        sock = keepalive._socket
+        if not parked or after is None or sock is None:
+            self._links.pop(keepalive, None)
+            return
+        known = self._links.get(keepalive)
+        if known is not None:
+            self._links[keepalive] = (sock, after, known[2])
+            return
+        timers = self._timers()
+        last_ack = _tcpinfo.last_ack_recv(sock)
+        if timers is None or last_ack is None:
+            return
+        self._push(keepalive, sock, after, timers.now() - last_ack + after)
+
+    def _push(
+        self, keepalive: LinkKeepalive, sock: _tcpinfo.SockOpts, after: float, when: float
+    ) -> None:
+        entry = next(self._entries)
+        self._links[keepalive] = (sock, after, entry)
+        heapq.heappush(self._heap, (when, entry, keepalive))
+        if when < self._timer_at:
+            self._arm(when)
+
+    def _arm(self, when: float) -> None:
+        timers = self._timers()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = math.inf
+        if timers is not None:
+            self._timer_at = when
+            self._timer = timers.call_at(when, self._check)
+
+    def _check(self) -> None:
+        self._timer = None
+        self._timer_at = math.inf
+        timers = self._timers()
+        if timers is None:
+            return
+        now = timers.now()
+        heap, links = self._heap, self._links
+        unanswered = []
+        while heap and heap[0][0] <= now:
+            _, entry, keepalive = heapq.heappop(heap)
+            watched = links.get(keepalive)
+            if watched is None or watched[2] != entry:
+                continue  # stale
+            sock, after, _ = watched
+            last_ack = _tcpinfo.last_ack_recv(sock)
+            if last_ack is None or last_ack >= after:
+                del links[keepalive]
+                if last_ack is not None:
+                    unanswered.append(keepalive)
+                continue
+            heapq.heappush(heap, (now - last_ack + after, entry, keepalive))
+        if not links:
+            heap.clear()
+        elif heap:
+            self._arm(max(heap[0][0], now + _QUIET_PASS))
+        for keepalive in unanswered:
+            keepalive._wake()
+
+
+_quiet_links: weakref.WeakKeyDictionary[Timers, _QuietLinks] = weakref.WeakKeyDictionary()

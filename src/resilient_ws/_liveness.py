@@ -309,11 +309,27 @@ class Liveness:
         quiet: Where the kernel watches the path (TCP keepalive), seconds between probes
             on a quiet link, one that carried no message since its last answered probe
             (``math.inf``: none); ``None`` where it does not: every idle link is probed.
+        kernel_idle: Where the kernel also reports when it last received an ACK (Linux):
+            its keepalive's idle seconds. The kernel probes a quiet link that long after
+            it last received anything; an ACK still missing a pong's wait later
+            (:attr:`unanswered_after`) means its probe went unanswered, and the link gets
+            an application probe at once. A dead path is then judged by that probe, where
+            the kernel alone needs a second unanswered probe; one lost keepalive probe
+            costs an application probe, never the link. The I/O layer checks parked links
+            against it (a read of the last ACK); :meth:`poll` probes on it.
     """
 
-    def __init__(self, policy: Keepalive, now: float, *, quiet: float | None = None) -> None:
+    def __init__(
+        self,
+        policy: Keepalive,
+        now: float,
+        *,
+        quiet: float | None = None,
+        kernel_idle: float | None = None,
+    ) -> None:
         self._policy = policy
         self._quiet = quiet
+        self._kernel_idle = kernel_idle
         self.rtt = RttEstimator()
         self._last_inbound = now
         # The last probe the peer answered: when it was sent, and when the answer came.
@@ -388,6 +404,14 @@ class Liveness:
                 assert self._answered is not None
                 self.parked = True
                 due = max(due, self._answered[1] + self._quiet)
+                unanswered_after = self.unanswered_after
+                tcp = evidence.tcp
+                if (
+                    unanswered_after is not None
+                    and tcp is not None
+                    and tcp.last_ack_recv >= unanswered_after
+                ):
+                    return Probe()
             return Probe() if now >= due else Wait(due, self.diagnosis)
         deadline = sent_at + self.timeout
         if now < deadline:
@@ -419,6 +443,15 @@ class Liveness:
         if now >= limit:
             return Abort(diagnosis)
         return Wait(min(limit, now + _RECHECK), diagnosis)
+
+    @property
+    def unanswered_after(self) -> float | None:
+        """Where the kernel's ACKs are watched (``kernel_idle``): the time since the
+        kernel last received an ACK past which its keepalive probe went unanswered, a
+        pong's wait after it went out; a parked link is then probed at once."""
+        if self._kernel_idle is None:
+            return None
+        return self._kernel_idle + self.timeout
 
     def _is_quiet(self, evidence: Evidence) -> bool:
         if self._answered is None or evidence.last_data > self._answered[0]:

@@ -25,6 +25,9 @@ __all__ = [
     "TcpInfo",
     "parse_darwin",
     "keep_alive",
+    "keepalive_idle",
+    "last_ack_recv",
+    "reports_last_ack",
     "parse_linux",
     "raw_socket",
     "read",
@@ -45,6 +48,7 @@ _DARWIN_BUFLEN = 112
 # last_data_sent (44, ms), last_data_recv, last_ack_recv (52, ms), rtt, rttvar (68, us),
 # total_retrans (100).
 _LINUX_BASE = struct.Struct("=Bx3B3xI12xI16xI4x2I8x2I24xI")
+_LINUX_LAST_ACK = 56  # tcpi_last_ack_recv, ms
 _LINUX_NOTSENT = 144  # tcpi_notsent_bytes: needs a 148-byte struct (Linux 4.6+)
 _LINUX_SND_WND = 228  # tcpi_snd_wnd, after tcpi_rcv_ooopack: needs a 232-byte struct
 _LINUX_BYTES_ACKED = 120  # u64 tcpi_bytes_acked (Linux 4.1+): needs a 128-byte struct
@@ -244,6 +248,31 @@ def read(sock: SockOpts, *, platform: str | None = None) -> TcpInfo | None:
 _KEEPALIVE_PROBES = 2
 
 
+def last_ack_recv(sock: SockOpts) -> float | None:
+    """Seconds since the kernel last received an ACK on ``sock``, from the first 60 bytes
+    of Linux's ``tcp_info`` (the cheap read a quiet link's keepalive makes once a
+    second); ``None`` elsewhere or once the socket is gone."""
+    try:
+        data = sock.getsockopt(_IPPROTO_TCP, _TCP_INFO, _LINUX_LAST_ACK + 4)
+    except OSError:
+        return None
+    if len(data) < _LINUX_LAST_ACK + 4:
+        return None
+    milliseconds: int = _U32.unpack_from(data, _LINUX_LAST_ACK)[0]
+    return milliseconds / 1000
+
+
+def keepalive_idle(idle: float) -> int:
+    """The seconds :func:`keep_alive` has the kernel wait before its first probe: ``idle``
+    rounded up to whole seconds, at least 1."""
+    return max(1, math.ceil(idle))
+
+
+def reports_last_ack(platform: str | None = None) -> bool:
+    """Whether :func:`read` gives ``last_ack_recv`` here (Linux; not macOS)."""
+    return (sys.platform if platform is None else platform).startswith("linux")
+
+
 def keep_alive(sock: SockOpts, idle: float, *, platform: str | None = None) -> bool:
     """Have the kernel watch an idle connection: TCP keepalive, a probe after ``idle``
     seconds without anything received (rounded up to whole seconds, at least 1), then one a
@@ -259,7 +288,7 @@ def keep_alive(sock: SockOpts, idle: float, *, platform: str | None = None) -> b
         that refuses them, which is then left as it was or with SO_KEEPALIVE alone.
     """
     platform = sys.platform if platform is None else platform
-    seconds = max(1, math.ceil(idle))
+    seconds = keepalive_idle(idle)
     if platform.startswith("linux"):
         idle_option = getattr(socket, "TCP_KEEPIDLE", None)
     elif platform == "darwin":

@@ -133,8 +133,10 @@ class Keepalive:
     anything received, then every second, and drops the link when two probes in a row go
     unanswered (2 to 3 s after the path died), without waking Python. Application probes
     then go out only where they add evidence: after traffic (a peer's application can stall
-    while its kernel answers) and every ``quiet_interval`` seconds on a link that stays
-    quiet.
+    while its kernel answers), every ``quiet_interval`` seconds on a link that stays quiet,
+    and, on the client where the kernel reports its last ACK (Linux), as soon as a kernel
+    probe goes unanswered (a dead path is judged about 1 s after it died; one lost probe
+    costs a probe, not the link).
 
     Attributes:
         idle: Seconds without an inbound frame before a probe is sent.
