@@ -17,6 +17,7 @@ import socket
 import ssl
 import struct
 import time
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from typing import Any, Literal, Protocol
@@ -426,6 +427,43 @@ def resolve_proxy(url: str, options: dict[str, Any]) -> dict[str, Any]:
     return {**options, "proxy": get_proxy(parse_uri(url))}
 
 
+MAX_OPENING = 64
+"""Opening handshakes one event loop has in flight to one server address at a time;
+more wait for a turn before they start (their ``open_timeout`` runs from then)."""
+
+# Per event loop (its timers are one object per loop): each server address's turns, and
+# how many attempts hold or wait for one (the entry goes when none do).
+_turns: weakref.WeakKeyDictionary[_timers.Timers, dict[str, tuple[anyio.Semaphore, int]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+@asynccontextmanager
+async def _opening(url: str) -> AsyncIterator[None]:
+    """A turn to open a link to ``url``'s address among at most :data:`MAX_OPENING`.
+
+    A process that holds thousands of links to one server and lost them all at once would
+    otherwise run thousands of handshakes at the same time on one loop. Each then gets a
+    thousandth of the CPU, none completes within ``open_timeout``, and every retry
+    repeats it: measured, 0 of 10,000 back within 60 s. In turns, they complete at the
+    rate the loop can do them.
+    """
+    uri = parse_uri(url)
+    address = f"{uri.host}:{uri.port}"
+    turns = _turns.setdefault(_timers.Timers.current(), {})
+    semaphore, users = turns.get(address) or (anyio.Semaphore(MAX_OPENING), 0)
+    turns[address] = (semaphore, users + 1)
+    try:
+        async with semaphore:
+            yield
+    finally:
+        semaphore, users = turns[address]
+        if users == 1:
+            del turns[address]
+        else:
+            turns[address] = (semaphore, users - 1)
+
+
 @asynccontextmanager
 async def open_link(url: str, options: dict[str, Any]) -> AsyncIterator[RawLink]:
     """Open a websockets client connection with the running event loop's implementation.
@@ -444,7 +482,8 @@ async def open_link(url: str, options: dict[str, Any]) -> AsyncIterator[RawLink]
     options = {**options, "create_connection": connection_class("client", trio)}
     manager = connect(url, **options)
     try:
-        raw = await manager.__aenter__()
+        async with _opening(url):
+            raw = await manager.__aenter__()
     except Exception as exc:
         raise translate(exc) from exc
     try:
