@@ -24,8 +24,9 @@ from websockets.asyncio.server import ServerConnection
 from websockets.frames import Opcode
 
 import resilient_ws
-from resilient_ws import Disconnected, Keepalive, PeerStalled, _tcpinfo
+from resilient_ws import Disconnected, Keepalive, PeerStalled, _keepalive, _tcpinfo
 from resilient_ws._protocol import BEACON_PREFIX, decode_beacon
+from resilient_ws._timers import Timers
 
 pytestmark = pytest.mark.anyio
 
@@ -140,6 +141,24 @@ async def test_one_lost_keepalive_probe_costs_a_probe_not_the_link(firewall: Fir
             assert counter.pings == 2
             assert ws.stats.state == "open"
             assert ws.stats.links == 1
+
+
+async def test_quiet_links_are_checked_while_parked_and_forgotten_when_closed() -> None:
+    """One watch per event loop holds the parked links (their kernel's last ACK is read
+    once per keepalive period) and lets go of each once it closes."""
+    if not _tcpinfo.reports_last_ack():
+        pytest.skip("the platform reports no last ACK: nothing to watch")
+    counter = ping_counting()
+    with ThreadServer(create_connection=counter, ping_interval=None) as server:
+        async with resilient_ws.connect(server.url), resilient_ws.connect(server.url):
+            await wait_for_pings(counter, 2)  # each measured the server once
+            await anyio.sleep(Keepalive().idle + 0.5)  # both parked
+            watch = _keepalive._quiet_links[Timers.current()]
+            assert len(watch._links) == 2
+            await anyio.sleep(WINDOW)  # checked, answered by the kernel: still parked
+            assert len(watch._links) == 2
+            assert counter.pings == 2
+        assert not watch._links
 
 
 @pytest.mark.root
