@@ -174,8 +174,9 @@ class MemorySessionStore(Generic[S]):
         self._sessions: dict[str, SessionRecord[S]] = {}
         # Detached session ids in the order they detached: with one TTL for all, the
         # oldest expires first, so expiring costs only what it removes. (Every handshake
-        # expires: copying 10,000 entries each time cost a reconnect storm 1.4 ms per
-        # resume; a dict's oldest key is O(deleted) to find, an OrderedDict's O(1).)
+        # expires: copying every entry each time took 0.9 s of the server's 4 s of CPU in
+        # a storm of 2,500 resumes; a dict's oldest key is O(deleted) to find, an
+        # OrderedDict's O(1).)
         self._detached: OrderedDict[str, float] = OrderedDict()
         # Times of recent failed resumes per source, least recently failed source first.
         self._failures: dict[str, deque[float]] = {}

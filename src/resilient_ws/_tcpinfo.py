@@ -45,7 +45,7 @@ _DARWIN_BUFLEN = 112
 
 # struct tcp_info up to tcpi_total_retrans: the 104 bytes every kernel since 2.6 returns.
 # Kept: u8 state (0), retransmits, probes, backoff (2-4); u32 rto (8, us), unacked (24),
-# last_data_sent (44, ms), last_data_recv, last_ack_recv (52, ms), rtt, rttvar (68, us),
+# last_data_sent (44, ms), last_data_recv (52, ms), last_ack_recv (56, ms), rtt, rttvar (68, us),
 # total_retrans (100).
 _LINUX_BASE = struct.Struct("=Bx3B3xI12xI16xI4x2I8x2I24xI")
 _LINUX_LAST_ACK = 56  # tcpi_last_ack_recv, ms
