@@ -431,9 +431,9 @@ MAX_OPENING = 64
 """Opening handshakes one event loop has in flight to one server address at a time;
 more wait for a turn before they start (their ``open_timeout`` runs from then)."""
 
-# Per event loop (its timers are one object per loop): each server address's turns, and
-# how many attempts hold or wait for one (the entry goes when none do).
-_turns: weakref.WeakKeyDictionary[_timers.Timers, dict[str, tuple[anyio.Semaphore, int]]] = (
+# Per event loop (its timers are one object per loop): each server address's turns, while
+# any attempt holds or waits for one.
+_turns: weakref.WeakKeyDictionary[_timers.Timers, dict[str, anyio.Semaphore]] = (
     weakref.WeakKeyDictionary()
 )
 
@@ -451,17 +451,16 @@ async def _opening(url: str) -> AsyncIterator[None]:
     uri = parse_uri(url)
     address = f"{uri.host}:{uri.port}"
     turns = _turns.setdefault(_timers.Timers.current(), {})
-    semaphore, users = turns.get(address) or (anyio.Semaphore(MAX_OPENING), 0)
-    turns[address] = (semaphore, users + 1)
+    semaphore = turns.get(address)
+    if semaphore is None:
+        semaphore = turns[address] = anyio.Semaphore(MAX_OPENING)
     try:
         async with semaphore:
             yield
     finally:
-        semaphore, users = turns[address]
-        if users == 1:
-            del turns[address]
-        else:
-            turns[address] = (semaphore, users - 1)
+        # Every turn free and nobody waiting: the address needs no entry.
+        if semaphore.value == MAX_OPENING and not semaphore.statistics().tasks_waiting:
+            turns.pop(address, None)
 
 
 @asynccontextmanager
