@@ -237,7 +237,7 @@ class _Recording:
             protocol: Any = getattr(self, "protocol")  # noqa: B009 - set by websockets
             protocol.fail(1008, "control frame flood")
             if self._trio:  # its writes wait for the socket: a task writes it
-                _timers.Timers.current(trio=True).spawn(_flush_and_close, self)
+                _timers.Timers.current(trio=True).spawn(_flush_queued, self, True)
             else:
                 getattr(self, "send_data")()  # noqa: B009 - websockets'
                 # Stop reading now; the socket closes once the close frame is written.
@@ -269,17 +269,6 @@ class _Recording:
             self.last_beacon = beacon
         if self.control is not None:
             self.control.on_control(fields)
-
-
-async def _flush_and_close(link: Any) -> None:
-    """trio: write a failed link's close frame, then close its stream, so that nothing
-    more is read from it; a link already broken is not an error."""
-    try:
-        await link.send_data()
-        await link.stream.aclose()
-    except Exception as exc:
-        if not isinstance(exc, OSError) and not _is_trio_stream_error(exc):
-            raise
 
 
 _DATA_OPCODES = frozenset((Opcode.TEXT, Opcode.BINARY, Opcode.CONT))
@@ -640,12 +629,20 @@ def send_control(raw: Any, data: bytes, *, ping: bool = False) -> None:
         _timers.Timers.current(trio=True).spawn(_flush_queued, raw)
 
 
-async def _flush_queued(link: Any) -> None:
-    """trio: write the link's queued frames until none is queued (see send_control)."""
+async def _flush_queued(link: Any, close: bool = False) -> None:
+    """trio: write the link's queued frames until none is queued (see send_control); with
+    ``close``, then close its stream, so that nothing more is read from it (a link failed
+    for a flood). A link already broken is not an error."""
     try:
+        # Closing, write at least once ourselves: another flush task may have taken the
+        # flag and not yet written the close frame (send_data writes under its lock).
+        if close:
+            link.unflushed = True
         while link.unflushed:
             link.unflushed = False
             await link.send_data()
+        if close:
+            await link.stream.aclose()
     except Exception as exc:
         if not isinstance(exc, OSError) and not _is_trio_stream_error(exc):
             raise
