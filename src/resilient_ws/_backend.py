@@ -349,6 +349,27 @@ class _TrioEnd:
         await super().close_stream()  # type: ignore[misc]
 
 
+class _TrioWrites:
+    """trio: a failed write after the peer's end of stream ends the link; it is no bug.
+
+    At the end of the stream websockets' reader writes what the protocol still buffers,
+    expecting only the closing of the TCP connection there, whose errors it handles. Our
+    control frames wait in that buffer for the link's flush task (:func:`send_control`):
+    when the peer reset the link first, their write fails and websockets logged
+    "unexpected internal error". Such a failure is kept as the link's
+    ``connection_exc`` instead; every other write fails as before.
+    """
+
+    async def send_data(self) -> None:
+        try:
+            await super().send_data()  # type: ignore[misc]
+        except Exception as exc:
+            protocol: Any = getattr(self, "protocol")  # noqa: B009 - set by websockets
+            if protocol.state is not State.CLOSED or not _is_stream_error(exc):
+                raise
+            getattr(self, "set_connection_exc")(exc)  # noqa: B009 - websockets'
+
+
 def _asyncio_now(self: Any) -> float:
     # A protocol callback: no task is current, so read the loop's clock directly
     # (it is anyio.current_time() on asyncio).
@@ -376,14 +397,15 @@ def connection_class(side: Literal["client", "server"], trio: bool) -> type[Any]
 
         module = websockets.asyncio
         now = _asyncio_now
+    writes: tuple[type, ...] = (_TrioWrites,) if trio else ()
     if side == "server":
         base = module.server.ServerConnection
         slots = {"_now": now, "_trio": trio, "__slots__": _RECORDING_SLOTS}
-        return type(f"Recording{base.__name__}", (_Recording, base), slots)
+        return type(f"Recording{base.__name__}", (_Recording, *writes, base), slots)
     base = module.client.ClientConnection
     end = _TrioEnd if trio else _AsyncioEnd
     slots = {"_now": now, "_trio": trio, "__slots__": _RECORDING_SLOTS + _COUNTING_SLOTS}
-    return type(f"Recording{base.__name__}", (_Counting, _Recording, end, base), slots)
+    return type(f"Recording{base.__name__}", (_Counting, _Recording, end, *writes, base), slots)
 
 
 # The attributes of _Recording and _Counting: slots, so that thousands of links do not
@@ -644,7 +666,7 @@ async def _flush_queued(link: Any, close: bool = False) -> None:
         if close:
             await link.stream.aclose()
     except Exception as exc:
-        if not isinstance(exc, OSError) and not _is_trio_stream_error(exc):
+        if not _is_stream_error(exc):
             raise
     finally:
         link.flushing = False
@@ -878,6 +900,11 @@ def _tls_error(exc: BaseException) -> ssl.SSLError | None:
             return seen
         seen = seen.__cause__ or seen.__context__
     return None
+
+
+def _is_stream_error(exc: BaseException) -> bool:
+    """A socket's failure, as asyncio (``OSError``) or trio reports it."""
+    return isinstance(exc, OSError) or _is_trio_stream_error(exc)
 
 
 def _is_trio_stream_error(exc: BaseException) -> bool:
