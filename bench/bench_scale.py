@@ -36,7 +36,11 @@ on ``serve()``). Per combination:
    error) and, second by second, clients back and the server's and clients' CPU: on two
    cores the clients' own reconnect work can be the limit. To find its links that server
    records them with a ``process_request`` hook (a weak set; nothing else differs from the
-   defaults).
+   defaults). The peer, in the same run: raw websockets clients in websockets' own
+   reconnect loop (``async for ws in connect(url)``, its default backoff) on
+   websockets.serve, which aborts its links the same way; the ratio of the times until
+   all were back is printed beside the target. (Its echo handler ignores a link lost
+   without a closing handshake: websockets would log each one's traceback.)
 
 Then **handshakes/s**: a hand-written asyncio client (``--inflight`` concurrent, for
 ``--handshake-seconds``, after a warm-up) sends an HTTP/1.1 Upgrade request with a random
@@ -51,7 +55,8 @@ it equals handshakes/s).
 Ratios are serve() / websockets.serve with the same clients. Targets (issue 10): idle
 server CPU <= 10 % of a core with 10,000 resilient_ws clients and <= 2x websockets.serve at
 5,000; RSS per connection <= 1.5x; handshakes >= 0.8x plain, >= 0.6x replay; 10,000 clients
-back within 10 s of a blip; client idle CPU <= 50 µs per connection per second.
+back within 10 s of a blip (and, beside it, in at most 1/0.6 of the time websockets' own
+clients take on websockets.serve); client idle CPU <= 50 µs per connection per second.
 
     python bench/bench_scale.py --quick                     # 1,000 connections, ~50-75 s
     python bench/bench_scale.py --connections 5000          # ~6 min
@@ -94,6 +99,12 @@ from _benchutil import free_port, pin
 
 SERVERS = ("websockets", "resilient")
 CLIENTS = ("resilient", "raw")
+# The reconnect storm: resilient_ws clients on serve(), and the peer, raw websockets clients
+# in websockets' own reconnect loop on websockets.serve.
+STORMS = {
+    "resilient/resilient": "resilient_ws clients on serve()",
+    "websockets/raw": "raw websockets clients (async for ... in connect()) on websockets.serve",
+}
 CLIENT_LABEL = {
     "resilient": "resilient_ws.connect() clients (replay sessions on serve())",
     "raw": "raw websockets clients (plain sessions on serve())",
@@ -110,6 +121,10 @@ RSS_RATIO_MAX = 1.5
 HANDSHAKE_PLAIN_MIN = 0.8
 HANDSHAKE_REPLAY_MIN = 0.6
 STORM_10K_MAX = 10.0  # seconds
+# Beside it, against the peer in the same run: a storm of resumes is a storm of replay
+# handshakes, so the replay handshake target (>= 0.6x) bounds the time until all are back
+# at 1 / 0.6 of websockets' own reconnecting clients on websockets.serve.
+STORM_PEER_RATIO_MAX = 1 / HANDSHAKE_REPLAY_MIN
 CLIENT_CPU_MAX = 50.0  # µs per connection per second
 # Share of N that may be between links at the end of the idle window, for a figure to count
 # as a measurement of N connections.
@@ -154,14 +169,37 @@ async def _command() -> str:
 # ---- servers (child processes) ---------------------------------------------------------
 
 
-async def _websockets_server(port: int) -> None:
+async def _websockets_server(port: int, abortable: bool) -> None:
+    """websockets.serve on its defaults; with ``abortable``, SIGUSR1 aborts every open link."""
     from websockets.asyncio.server import ServerConnection, serve
+    from websockets.exceptions import ConnectionClosed
+    from websockets.protocol import State
 
     async def echo(ws: ServerConnection) -> None:
-        async for message in ws:
-            await ws.send(message)
+        # A link lost without a closing handshake is no error to log (websockets would log
+        # its traceback, aborted in a storm: ten thousand of them, on the server's core).
+        with contextlib.suppress(ConnectionClosed):
+            async for message in ws:
+                await ws.send(message)
 
-    async with serve(echo, "127.0.0.1", port):
+    links: weakref.WeakSet[Any] = weakref.WeakSet()
+    options: dict[str, Any] = {}
+    if abortable:
+
+        def remember(connection: Any, request: Any) -> None:
+            links.add(connection)
+
+        options["process_request"] = remember
+
+    def abort_all() -> None:
+        open_links = [link for link in links if link.state is State.OPEN]
+        for link in open_links:
+            _abort(link)
+        _emit(aborted=len(open_links))
+
+    async with serve(echo, "127.0.0.1", port, **options):
+        if abortable:
+            asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, abort_all)
         _emit(ready=True)
         await asyncio.Future()
 
@@ -212,15 +250,29 @@ async def _resilient_server(port: int, abortable: bool) -> None:
 # ---- idle clients (child processes) ----------------------------------------------------
 
 
+class _Reconnecting:
+    """A raw websockets client in websockets' own reconnect loop: its current link."""
+
+    def __init__(self) -> None:
+        self.ws: Any = None
+        self.links = 0
+        self.next_link: asyncio.Future[float] | None = None  # armed by a storm
+
+
 class Clients:
-    """``count`` idle connections of one kind, opened on command, each held by a task."""
+    """``count`` idle connections of one kind, opened on command, each held by a task.
+
+    A resilient_ws client reconnects by itself; a raw websockets client runs in
+    websockets' reconnect loop (``async for ws in connect(url)``, its default backoff),
+    which reconnects at once when a link closes and backs off when an attempt fails.
+    """
 
     def __init__(self, kind: str, url: str, count: int, inflight: int) -> None:
         self.kind = kind
         self.url = url
         self.count = count
         self.gate = asyncio.Semaphore(inflight)
-        self.opened: list[Any] = []
+        self.opened: list[Any] = []  # resilient_ws connections, or _Reconnecting
         self.failed = 0
         self.error: str | None = None
         self.last_open = 0.0
@@ -228,27 +280,38 @@ class Clients:
         self.holding: set[asyncio.Task[None] | None] = set()  # tasks holding an open one
         self.tasks: list[asyncio.Task[None]] = []
 
-    def _open(self) -> Any:
-        if self.kind == "raw":
-            from websockets.asyncio.client import connect
-
-            return connect(self.url)
-        import resilient_ws
-
-        return resilient_ws.connect(self.url)
+    def _opened(self, client: Any) -> None:
+        self.opened.append(client)
+        self.holding.add(asyncio.current_task())
+        self.last_open = time.monotonic()
+        self._check_settled()
 
     async def _hold(self) -> None:
         await self.gate.acquire()
         gated = True
         try:
-            async with self._open() as ws:
-                self.gate.release()
-                gated = False
-                self.opened.append(ws)
-                self.holding.add(asyncio.current_task())
-                self.last_open = time.monotonic()
-                self._check_settled()
-                await asyncio.Future()  # idle until the process is killed
+            if self.kind == "raw":
+                from websockets.asyncio.client import connect
+
+                client = _Reconnecting()
+                async for ws in connect(self.url):
+                    client.ws = ws
+                    client.links += 1
+                    if gated:
+                        self.gate.release()
+                        gated = False
+                        self._opened(client)
+                    elif client.next_link is not None and not client.next_link.done():
+                        client.next_link.set_result(time.monotonic())
+                    await ws.wait_closed()
+            else:
+                import resilient_ws
+
+                async with resilient_ws.connect(self.url) as connection:
+                    self.gate.release()
+                    gated = False
+                    self._opened(connection)
+                    await asyncio.Future()  # idle until the process is killed
         except Exception as exc:
             self.failed += 1
             self.error = repr(exc)
@@ -283,7 +346,10 @@ class Clients:
         if self.kind == "raw":
             from websockets.protocol import State
 
-            return sum(ws.state is State.OPEN for ws in self.opened), len(self.opened)
+            return (
+                sum(client.ws.state is State.OPEN for client in self.opened),
+                sum(client.links for client in self.opened),
+            )
         import resilient_ws
 
         stats = [(ws.state is resilient_ws.State.OPEN, ws.stats.links) for ws in self.opened]
@@ -291,29 +357,40 @@ class Clients:
 
     async def storm(self, timeout: float) -> None:
         """Arm one watcher per open connection; report when each got its next link."""
-        import resilient_ws
-
-        async def back(ws: Any, links: int) -> float | None:
-            async for event in ws.events():
-                if isinstance(event, resilient_ws.Connected) and event.link > links:
-                    return float(event.at)  # asyncio's loop clock: time.monotonic()
-            return None
-
         # Only links open now: one still reconnecting from before would blur the figure.
-        live = [ws for ws in self.opened if ws.state is resilient_ws.State.OPEN]
-        tasks = [asyncio.ensure_future(back(ws, ws.stats.links)) for ws in live]
+        if self.kind == "raw":
+            from websockets.protocol import State
+
+            live = [client for client in self.opened if client.ws.state is State.OPEN]
+            loop = asyncio.get_running_loop()
+            for client in live:
+                client.next_link = loop.create_future()
+            tasks = [client.next_link for client in live]
+        else:
+            import resilient_ws
+
+            async def next_link(ws: Any, links: int) -> float | None:
+                async for event in ws.events():
+                    if isinstance(event, resilient_ws.Connected) and event.link > links:
+                        return float(event.at)  # asyncio's loop clock: time.monotonic()
+                return None
+
+            live = [ws for ws in self.opened if ws.state is resilient_ws.State.OPEN]
+            tasks = [asyncio.ensure_future(next_link(ws, ws.stats.links)) for ws in live]
         _emit(armed=len(tasks))
         if tasks:
             await asyncio.wait(tasks, timeout=timeout)
         back_at = []
         stuck: collections.Counter[str] = collections.Counter()
-        for ws, task in zip(live, tasks, strict=True):
+        for client, task in zip(live, tasks, strict=True):
             at = task.result() if task.done() and task.exception() is None else None
-            if at is None:
-                stats = ws.stats
-                stuck[f"{stats.state}, {stats.failures} failures: {stats.last_error}"[:120]] += 1
-            else:
+            if at is not None:
                 back_at.append(at)
+            elif self.kind == "raw":
+                stuck[f"{client.links} links, state {client.ws.state.name}"] += 1
+            else:
+                stats = client.stats
+                stuck[f"{stats.state}, {stats.failures} failures: {stats.last_error}"[:120]] += 1
             task.cancel()
         _emit(back_at=back_at, armed=len(tasks), stuck=stuck.most_common(3))
 
@@ -669,7 +746,7 @@ async def combination(
     server_kind: str, client_kind: str, count: int, args: argparse.Namespace
 ) -> dict[str, Any]:
     """One server process, ``count`` idle clients of one kind; the storm where it applies."""
-    storm = server_kind == "resilient" and client_kind == "resilient" and not args.no_storm
+    storm = f"{server_kind}/{client_kind}" in STORMS and not args.no_storm
     port = free_port()
     children: list[Child] = []
     started = time.monotonic()
@@ -824,9 +901,9 @@ def _rows(figures: dict[str, Any], client: str) -> list[tuple[str, Any, Any, Any
     ]  # fmt: skip
 
 
-def _print_storm(storm: dict[str, Any]) -> None:
+def _print_storm(label: str, storm: dict[str, Any]) -> None:
     print(
-        f"  reconnect storm on serve(): {storm['aborted']} links aborted;"
+        f"  reconnect storm, {label}: {storm['aborted']} links aborted;"
         f" {storm['back']}/{storm['armed']} clients open at the blip back within"
         f" {storm['timeout']:.0f} s;"
         f" all back after {_cell(storm['all_back'], '.2f')} s"
@@ -913,14 +990,24 @@ def report(results: dict[str, Any], argv: Sequence[str]) -> None:
         for key, combo in figures.items():
             if combo["error"]:
                 print(f"  {key}: {combo['failed']} failed to open, e.g. {combo['error']}")
-        storm = figures.get("resilient/resilient", {}).get("storm")
-        if storm:
-            _print_storm(storm)
+        for key, label in STORMS.items():
+            storm = figures.get(key, {}).get("storm")
+            if storm:
+                _print_storm(label, storm)
+        ratio = _storm_ratio(figures)
+        if ratio is not None:
+            print(f"  all back after the blip, resilient_ws / websockets: {ratio:.2f}")
     if results.get("handshakes"):
         _print_handshakes(results["handshakes"], settings)
     print()
     for line in targets(results):
         print(line)
+
+
+def _storm_ratio(figures: dict[str, Any]) -> float | None:
+    """Time until all were back, resilient_ws on serve() / websockets on websockets.serve."""
+    ours, theirs = (figures.get(key, {}).get("storm") or {} for key in STORMS)
+    return _ratio(ours.get("all_back"), theirs.get("all_back"))
 
 
 def _incomplete(combo: dict[str, Any], count: int) -> str | None:
@@ -990,6 +1077,11 @@ def targets(results: dict[str, Any]) -> list[str]:
         )
     check("10,000 clients all back after a blip <= 10 s", back,
           back is not None and back <= STORM_10K_MAX, ".2f", why)  # fmt: skip
+    peer = runs.get("10000", {}).get("websockets/raw", {}).get("storm") or {}
+    ratio = _storm_ratio(runs["10000"]) if peer else None
+    check(f"10,000 all back after a blip, serve()/websockets.serve <= {STORM_PEER_RATIO_MAX:.2f}"
+          f" (websockets' own clients: {_cell(peer.get('all_back'), '.2f')} s)", ratio,
+          ratio is not None and ratio <= STORM_PEER_RATIO_MAX, ".2f")  # fmt: skip
     return lines
 
 
@@ -1054,7 +1146,7 @@ def main() -> None:
     if args.serve_websockets or args.serve_resilient or args.serve_clients or args.serve_handshakes:
         _die_with_parent()
     if args.serve_websockets:
-        asyncio.run(_websockets_server(args.serve_websockets))
+        asyncio.run(_websockets_server(args.serve_websockets, args.abortable))
         return
     if args.serve_resilient:
         import anyio

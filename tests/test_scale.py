@@ -98,6 +98,10 @@ def test_scale_short_form_storm_recovers(quick_run: dict[str, Any]) -> None:
     assert storm["armed"] >= STORM_ARMED_MIN * CONNECTIONS, storm
     assert storm["back"] == storm["armed"], storm
     assert storm["all_back"] is not None, storm
+    # The peer the bench compares with: websockets' own clients on websockets.serve.
+    peer = combos(quick_run)["websockets/raw"]["storm"]
+    assert peer["armed"] >= STORM_ARMED_MIN * CONNECTIONS, peer
+    assert peer["back"] == peer["armed"], peer
 
 
 def test_scale_short_form_idle_cpu(quick_run: dict[str, Any]) -> None:
