@@ -750,6 +750,8 @@ def render_json(report: Report) -> str:
 def _seconds(value: float | None) -> str:
     if value is None:
         return "-"
+    if not math.isfinite(value):  # a sum of huge durations overflows
+        return f"{value} s"
     if value < 10:
         return f"{value:.3f} s"
     if value < 3600:
