@@ -173,7 +173,6 @@ async def _websockets_server(port: int, abortable: bool) -> None:
     """websockets.serve on its defaults; with ``abortable``, SIGUSR1 aborts every open link."""
     from websockets.asyncio.server import ServerConnection, serve
     from websockets.exceptions import ConnectionClosed
-    from websockets.protocol import State
 
     async def echo(ws: ServerConnection) -> None:
         # A link lost without a closing handshake is no error to log (websockets would log
@@ -182,26 +181,35 @@ async def _websockets_server(port: int, abortable: bool) -> None:
             async for message in ws:
                 await ws.send(message)
 
-    links: weakref.WeakSet[Any] = weakref.WeakSet()
-    options: dict[str, Any] = {}
-    if abortable:
+    links = _Links()
+    async with serve(echo, "127.0.0.1", port, **links.options(abortable)):
+        if abortable:
+            asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, links.abort_all)
+        _emit(ready=True)
+        await asyncio.Future()
 
-        def remember(connection: Any, request: Any) -> None:
-            links.add(connection)
 
-        options["process_request"] = remember
+class _Links:
+    """A server's links, recorded by a ``process_request`` hook, to abort all at once."""
 
-    def abort_all() -> None:
-        open_links = [link for link in links if link.state is State.OPEN]
+    def __init__(self) -> None:
+        self.links: weakref.WeakSet[Any] = weakref.WeakSet()
+
+    def options(self, abortable: bool) -> dict[str, Any]:
+        """The server's options: the hook, when its links are to be aborted."""
+        return {"process_request": self._remember} if abortable else {}
+
+    def _remember(self, connection: Any, request: Any) -> None:
+        self.links.add(connection)
+
+    def abort_all(self) -> None:
+        """Abort every open link; say how many."""
+        from websockets.protocol import State
+
+        open_links = [link for link in self.links if link.state is State.OPEN]
         for link in open_links:
             _abort(link)
         _emit(aborted=len(open_links))
-
-    async with serve(echo, "127.0.0.1", port, **options):
-        if abortable:
-            asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, abort_all)
-        _emit(ready=True)
-        await asyncio.Future()
 
 
 def _abort(connection: Any) -> None:
@@ -221,7 +229,6 @@ def _abort(connection: Any) -> None:
 async def _resilient_server(port: int, abortable: bool) -> None:
     """serve() on defaults; with ``abortable``, SIGUSR1 aborts every open link."""
     import anyio
-    from websockets.protocol import State
 
     import resilient_ws
 
@@ -229,22 +236,12 @@ async def _resilient_server(port: int, abortable: bool) -> None:
         async for message in session:
             await session.send(message)
 
-    links: weakref.WeakSet[Any] = weakref.WeakSet()
-    options: dict[str, Any] = {}
-    if abortable:
-
-        def remember(connection: Any, request: Any) -> None:
-            links.add(connection)
-
-        options["process_request"] = remember
-    async with resilient_ws.serve(echo, "127.0.0.1", port, **options):
+    links = _Links()
+    async with resilient_ws.serve(echo, "127.0.0.1", port, **links.options(abortable)):
         with anyio.open_signal_receiver(signal.SIGUSR1) as signals:
             _emit(ready=True)
             async for _ in signals:
-                open_links = [link for link in links if link.state is State.OPEN]
-                for link in open_links:
-                    _abort(link)
-                _emit(aborted=len(open_links))
+                links.abort_all()
 
 
 # ---- idle clients (child processes) ----------------------------------------------------
