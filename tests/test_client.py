@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import ssl
+import weakref
 from collections.abc import AsyncIterator
 
 import anyio
@@ -10,7 +12,7 @@ import pytest
 import structlog
 import trustme
 from _helpers import FAST, TIMEOUT, next_event
-from _servers import ProcessServer, ThreadServer, free_port
+from _servers import ProcessServer, ThreadServer, echo, free_port
 from anyio import wait_all_tasks_blocked
 from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request, Response
@@ -599,3 +601,38 @@ async def test_close_while_a_link_is_being_set_up_closes_cleanly() -> None:
                 async with connection:
                     pytest.fail("closed before it opened")
     assert connection.state is State.CLOSED
+
+
+async def test_a_lost_link_is_freed_once_the_next_one_is_up() -> None:
+    # The error that ended a link is kept (stats.last_error, the Disconnected event) while
+    # the next link lives; its tracebacks held the dead link's websockets connection,
+    # transport and keepalive in their frames until the next loss: two links per client.
+    hung_up = False
+
+    async def hang_up_once(ws: ServerConnection) -> None:
+        nonlocal hung_up
+        if not hung_up:
+            hung_up = True
+            ws.transport.abort()
+            return
+        await echo(ws)
+
+    raws: list[weakref.ref[object]] = []
+
+    async def remember(link: resilient_ws.Link) -> None:
+        raws.append(weakref.ref(link._raw))
+
+    with ThreadServer(hang_up_once) as server:
+        async with resilient_ws.connect(server.url, backoff=FAST, on_connect=remember) as ws:
+            events = ws.events()
+            lost = await next_event(events, Disconnected)
+            assert lost.cause is not None
+            await next_event(events, Connected)
+            await ws.send("still here")
+            with anyio.fail_after(TIMEOUT):
+                assert await ws.recv() == "still here"
+            gc.collect()
+            assert len(raws) == 2
+            assert raws[0]() is None, "the first link is still referenced"
+            assert raws[1]() is not None
+            assert ws.stats.last_error is not None
