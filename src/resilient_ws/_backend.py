@@ -449,6 +449,13 @@ _turns: weakref.WeakKeyDictionary[_timers.Timers, dict[str, anyio.Semaphore]] = 
 )
 
 
+@functools.lru_cache(maxsize=64)
+def _address(url: str) -> str:
+    """``host:port`` of a WebSocket URL (parsed once per URL: every attempt asks)."""
+    uri = parse_uri(url)
+    return f"{uri.host}:{uri.port}"
+
+
 @asynccontextmanager
 async def _opening(url: str) -> AsyncIterator[None]:
     """A turn to open a link to ``url``'s address among at most :data:`MAX_OPENING`.
@@ -459,8 +466,7 @@ async def _opening(url: str) -> AsyncIterator[None]:
     repeats it: measured, 0 of 10,000 back within 60 s. In turns, they complete at the
     rate the loop can do them.
     """
-    uri = parse_uri(url)
-    address = f"{uri.host}:{uri.port}"
+    address = _address(url)
     turns = _turns.setdefault(_timers.Timers.current(), {})
     semaphore = turns.get(address)
     if semaphore is None:
