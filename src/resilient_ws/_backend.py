@@ -58,6 +58,7 @@ __all__ = [
     "check_url",
     "close_link",
     "connection_class",
+    "forget_handshake",
     "header_dict",
     "is_trio",
     "link_closed_error",
@@ -502,6 +503,11 @@ async def open_link(url: str, options: dict[str, Any]) -> AsyncIterator[RawLink]
             raw = await manager.__aenter__()
     except Exception as exc:
         raise translate(exc) from exc
+    # asyncio's connect() holds its options and a closure of a dozen cells only to open
+    # the connection (or reconnect: we do that ourselves); its exit closes the connection.
+    # trio's holds the nursery that the connection's tasks run in.
+    leave = manager.__aexit__ if trio else raw.__aexit__
+    del manager
     try:
         yield raw
     finally:
@@ -520,7 +526,7 @@ async def open_link(url: str, options: dict[str, Any]) -> AsyncIterator[RawLink]
         ):
             if cancelled:
                 await _drop(raw)
-            await manager.__aexit__(None, None, None)
+            await leave(None, None, None)
 
 
 async def _drop(raw: Any) -> None:
@@ -578,6 +584,16 @@ def header_dict(headers: Any) -> dict[str, str]:
 def response_headers(raw: RawLink) -> dict[str, str]:
     """The opening handshake's response headers (see :func:`header_dict`)."""
     return header_dict(getattr(raw, "response").headers)  # noqa: B009
+
+
+def forget_handshake(raw: RawLink) -> None:
+    """Free the opening handshake's request and response headers, read by now: a multidict
+    of lists each, ~25 objects a link would otherwise keep, and every full garbage
+    collection scan, for its whole life. websockets reads neither after the handshake (it
+    only checks that the response is there: the object stays, its headers emptied)."""
+    connection: Any = raw
+    connection.request = None
+    connection.response.headers.clear()
 
 
 def resume_reading(raw: Any) -> None:

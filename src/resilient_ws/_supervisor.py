@@ -287,6 +287,7 @@ class Supervisor:
         self.links += 1
         number = self.links
         run_hook = await self._session._begin_link(raw, number)
+        _backend.forget_handshake(raw)
         if self._on_connect is not None and run_hook:
             try:
                 await self._on_connect(Link(raw, url, number, self._session._numbering(raw)))
