@@ -17,6 +17,7 @@ import threading
 import anyio
 import anyio.abc
 import pytest
+import sniffio
 from _firewall import Firewall
 from _servers import ThreadServer
 from structlog.testing import capture_logs
@@ -322,3 +323,34 @@ async def test_a_ping_flood_is_not_answered_with_as_many_beacons() -> None:
             received += await receive_for(stream, 0.3)
     beacons = received.count(BEACON_PREFIX)
     assert 1 <= beacons <= 5
+
+
+async def test_serve_links_carry_the_kernels_keepalive_on_defaults() -> None:
+    """Every link serve() accepts has TCP keepalive at Keepalive().idle (on asyncio, set
+    once on the listening sockets, which Linux copies into each accepted one; on trio,
+    by each link)."""
+    import socket
+
+    async def hold(session: resilient_ws.ServerSession) -> None:
+        async for _ in session:
+            pass
+
+    async with resilient_ws.serve(hold, "127.0.0.1", 0) as server:
+        url = f"ws://127.0.0.1:{server.port}/"
+        async with resilient_ws.connect(url), resilient_ws.connect(url):
+            with anyio.fail_after(TIMEOUT):
+                while len(server._links) < 2:  # noqa: ASYNC110 - no event for a link
+                    await anyio.sleep(0.01)
+            for link in server._links:
+                sock = _tcpinfo.raw_socket(link)
+                assert sock is not None
+                options = [
+                    sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+                    sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+                    sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
+                    sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT),
+                ]
+                idle = _tcpinfo.keepalive_idle(Keepalive().idle)
+                assert options == [1, idle, 1, _tcpinfo._KEEPALIVE_PROBES]
+            # On asyncio the links did not set them: the listening sockets did.
+            assert server._inherit_keepalive == (sniffio.current_async_library() == "asyncio")

@@ -103,6 +103,7 @@ class LinkKeepalive:
         emit: Callable[[Event], None],
         monitor: LoopLagMonitor | None = None,
         quiet: float | None = None,
+        kernel_set: bool = False,
     ) -> None:
         self._raw = raw
         self._monitor = monitor
@@ -112,10 +113,11 @@ class LinkKeepalive:
         self._connection_id = connection_id
         self._emit = emit
         self._socket = _tcpinfo.raw_socket(raw)
+        # (kernel_set: the socket has the options already, from its listening socket.)
         self.kernel = (
             policy.kernel
             and self._socket is not None
-            and _tcpinfo.keep_alive(self._socket, policy.idle)
+            and (kernel_set or _tcpinfo.keep_alive(self._socket, policy.idle))
         )
         """The kernel's TCP keepalive watches the link's path (see :class:`Keepalive`)."""
         if quiet is None:

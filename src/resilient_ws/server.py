@@ -37,7 +37,7 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from . import _admission, _backend, _taskgroup
+from . import _admission, _backend, _taskgroup, _tcpinfo
 from ._keepalive import LinkKeepalive
 from ._lag import LoopLagMonitor, Stall, StallWatchdog
 from ._logging import log, log_error
@@ -128,6 +128,8 @@ class Server:
         self._host = host
         self._port = port
         self._keepalive = keepalive
+        # The listening sockets carry the kernel's keepalive options for their links.
+        self._inherit_keepalive = False
         self._beacon_interval = beacon_interval
         self._options = options
         self.monitor = LoopLagMonitor()
@@ -287,7 +289,18 @@ class Server:
             # after a blip would overflow it, and each dropped SYN waits 1 s, then 3, 7...
             # trio already asks for the largest the system allows.
             options.setdefault("backlog", _BACKLOG)
-        return await asyncio_serve(self._handle, self._host, self._port, **options)
+        # Accepting only once the listening sockets carry the kernel's keepalive: every
+        # link accepted then has it (trio starts accepting as it listens: each link sets
+        # its own).
+        start = options.pop("start_serving", True)
+        server = await asyncio_serve(
+            self._handle, self._host, self._port, start_serving=False, **options
+        )
+        if self._keepalive is not None:
+            self._inherit_keepalive = _keepalive_on_listeners(server, self._keepalive)
+        if start:
+            await server.start_serving()
+        return server
 
     # ---- admission (during the opening handshake) ------------------------------------------
 
@@ -551,6 +564,7 @@ class Server:
             self._keepalive,
             url=f"peer:{_backend.peer_address(connection)}",
             connection_id=secrets.token_hex(4),
+            kernel_set=self._inherit_keepalive,
             emit=lambda event: None,
             monitor=self.monitor,
             # Its clients probe the links they use; the kernel watches idle ones.
@@ -667,12 +681,27 @@ async def _close_listener(server: Any) -> None:
         await server.wait_closed()
 
 
-def _listening_port(server: Any) -> int:
-    """The port of the first listening socket (asyncio ``sockets``, trio ``listeners``)."""
+def _listening_sockets(server: Any) -> list[Any]:
+    """The listening sockets (asyncio ``sockets``, trio ``listeners``)."""
     sockets = getattr(server, "sockets", None)
     if sockets is None:
         sockets = [listener.socket for listener in server.listeners]
-    return int(sockets[0].getsockname()[1])
+    return list(sockets)
+
+
+def _listening_port(server: Any) -> int:
+    """The port of the first listening socket."""
+    return int(_listening_sockets(server)[0].getsockname()[1])
+
+
+def _keepalive_on_listeners(server: Any, policy: Keepalive) -> bool:
+    """Set the kernel's TCP keepalive (see :func:`_tcpinfo.keep_alive`) on the listening
+    sockets, for every link they accept: Linux copies the options into each accepted
+    socket, four system calls per link fewer. Whether that was done (elsewhere each link
+    sets them itself)."""
+    if not (policy.kernel and sys.platform.startswith("linux")):
+        return False
+    return all(_tcpinfo.keep_alive(sock, policy.idle) for sock in _listening_sockets(server))
 
 
 def _peer(connection: Any) -> str | None:
