@@ -517,16 +517,20 @@ async def open_link(url: str, options: dict[str, Any]) -> AsyncIterator[RawLink]
         # streams close forcefully when cancelled. (websockets' trio close() swallows the
         # cancellation, so ask the scope rather than look for the exception.)
         cancelled = anyio.current_effective_deadline() == -math.inf
-        # Shielded and bounded: a cancelled caller must still release the socket.
-        # A broken link may fail to close; how it broke is reported by the caller.
-        with (
-            anyio.CancelScope(shield=True),
-            anyio.move_on_after(EXIT_TIMEOUT),
-            suppress(Exception),
-        ):
-            if cancelled:
-                await _drop(raw)
-            await leave(None, None, None)
+        # An asyncio link that is closed already has nothing left to close (websockets'
+        # close() would only raise and catch how it closed). trio's exit also ends the
+        # nursery of the connection's tasks.
+        if trio or raw.state is not State.CLOSED:
+            # Shielded and bounded: a cancelled caller must still release the socket.
+            # A broken link may fail to close; how it broke is reported by the caller.
+            with (
+                anyio.CancelScope(shield=True),
+                anyio.move_on_after(EXIT_TIMEOUT),
+                suppress(Exception),
+            ):
+                if cancelled:
+                    await _drop(raw)
+                await leave(None, None, None)
 
 
 async def _drop(raw: Any) -> None:
