@@ -390,6 +390,12 @@ async def test_a_beacon_broadcast_is_paced(monkeypatch: pytest.MonkeyPatch) -> N
     async with resilient_ws.serve(sink, "127.0.0.1", 0) as server:
         streams = [(await raw_handshake(server.port))[2] for _ in range(links)]
         try:
+            # A client has the 101 before the server's handler for the link runs: a
+            # broadcast before the last one does would miss it (and the next broadcast
+            # comes only when the lag changes again).
+            with anyio.fail_after(TIMEOUT):
+                while len(server._links) < links:  # noqa: ASYNC110 - no event for a link
+                    await anyio.sleep(0.01)
             async with anyio.create_task_group() as tasks:
 
                 async def tick() -> None:
@@ -399,6 +405,10 @@ async def test_a_beacon_broadcast_is_paced(monkeypatch: pytest.MonkeyPatch) -> N
                         await anyio.lowlevel.checkpoint()
 
                 tasks.start_soon(tick)
+                # Counting before the stall: after it, trio may run the broadcast before
+                # the ticker, whose beacons would go unrecorded.
+                while not turns:
+                    await anyio.lowlevel.checkpoint()
                 # A stall past the watchdog's threshold (1 s): the next beacon reports it.
                 time.sleep(1.3)  # noqa: ASYNC251
                 with anyio.fail_after(TIMEOUT):
