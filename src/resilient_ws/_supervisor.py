@@ -176,10 +176,9 @@ class Supervisor:
         and stops when the budget is spent, re-raising the last error.
 
         Its synchronous iteration only records each delay, which the loop sleeps here.
-        Its asyncio iteration would sleep for us, but costs more CPU per attempt than the
-        rest of the attempt's bookkeeping together: it wraps every step of every
-        decision in a new coroutine function after ``inspect`` checks (14 per link, in
-        a reconnect storm ~14 % of the client's CPU before the first link was back).
+        Its asyncio iteration would sleep for us, but it wraps every step of every
+        decision in a new coroutine function after ``inspect`` checks, 14 per link: in a
+        reconnect storm, 14 % of the client's CPU until the first link was back (py-spy).
         """
         delays: list[float] = []
         retrying = Retrying(
@@ -461,8 +460,9 @@ def _drop_tracebacks(error: BaseException) -> None:
 
     The error is kept (``last_error``, the ``Disconnected`` event's ``cause``) while the next
     link lives, and its tracebacks' frames hold the dead link in their local variables:
-    its websockets connection, transport, protocol and keepalive, ~120 objects that would
-    stay alive, and be scanned by every full garbage collection, until the next loss. Where
+    its websockets connection, transport, protocol and keepalive, ~90 GC-tracked objects
+    that would stay alive, and be scanned by every full garbage collection, until the next
+    loss. Where
     in the library a link was found lost tells an application nothing.
     """
     seen: set[int] = set()
