@@ -28,8 +28,16 @@ def set_up(extras: str) -> None:
         print(f"creating {VENV.relative_to(ROOT)} ...", flush=True)
         venv.create(VENV, with_pip=True)
     subprocess.run(
-        [str(PYTHON), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-         "--editable", f"{ROOT}{extras}"],
+        [
+            str(PYTHON),
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--editable",
+            f"{ROOT}{extras}",
+        ],
         check=True,
     )
 
@@ -41,7 +49,7 @@ def main() -> int:
     command, args = sys.argv[1], sys.argv[2:]
     set_up(EXTRAS[command])
     if command == "demo":
-        argv = [str(PYTHON), "-m", "resilient_ws.cli", "demo", *args]
+        argv = [str(PYTHON), "-m", "resilient_ws.tools", "demo", *args]
     else:
         argv = [str(PYTHON), "-m", "pytest", *args]
     return subprocess.run(argv, cwd=ROOT).returncode

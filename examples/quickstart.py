@@ -2,7 +2,7 @@
 
 Run an echo server first (the one the demo uses will do), then this file::
 
-    python -m resilient_ws.cli _demo-server 8765 &
+    python -m resilient_ws.tools _demo-server 8765 &
     python examples/quickstart.py ws://127.0.0.1:8765/
 """
 

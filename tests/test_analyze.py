@@ -21,7 +21,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from resilient_ws import Closed, Connected, Disconnected, configure_json_logging, connect
-from resilient_ws._analyze import (
+from resilient_ws.tools.analyze import (
     FOREIGN,
     MAX_BAD_EXAMPLES,
     BadLine,
@@ -42,7 +42,7 @@ from resilient_ws._analyze import (
     report_to_dict,
     run,
 )
-from resilient_ws.cli import main
+from resilient_ws.tools.cli import main
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=timezone.utc).timestamp()
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -543,7 +543,7 @@ def test_text_reports_bad_lines(incident_file: Path) -> None:
 
 def _cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "resilient_ws.cli", "analyze", *args],
+        [sys.executable, "-m", "resilient_ws.tools", "analyze", *args],
         input=stdin,
         capture_output=True,
         text=True,
@@ -572,7 +572,7 @@ def test_cli_json(incident_file: Path) -> None:
 def test_cli_reads_stdin_with_undecodable_bytes() -> None:
     payload = "\n".join(INCIDENT).encode() + b"\n\xff\xfe not utf-8\n"
     result = subprocess.run(
-        [sys.executable, "-m", "resilient_ws.cli", "analyze", "--json"],
+        [sys.executable, "-m", "resilient_ws.tools", "analyze", "--json"],
         input=payload,
         capture_output=True,
         timeout=60,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from resilient_ws.cli import main
+from resilient_ws.tools.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICKSTART = ROOT / "examples" / "quickstart.py"
@@ -30,7 +30,7 @@ def free_port() -> int:
 def echo_server() -> Iterator[str]:
     """The demo's echo server in a subprocess, killed by pid at the end."""
     port = free_port()
-    command = [sys.executable, "-m", "resilient_ws.cli", "_demo-server", str(port)]
+    command = [sys.executable, "-m", "resilient_ws.tools", "_demo-server", str(port)]
     process = subprocess.Popen(command, stdout=subprocess.PIPE)
     try:
         assert process.stdout is not None
@@ -48,7 +48,7 @@ def echo_server() -> Iterator[str]:
     ("backend", "network"), [("asyncio", "proxy"), ("trio", "proxy"), ("asyncio", "auto")]
 )
 def test_demo_handles_every_fault_and_loses_nothing(backend: str, network: str) -> None:
-    command = [sys.executable, "-m", "resilient_ws.cli", "demo", "--backend", backend]
+    command = [sys.executable, "-m", "resilient_ws.tools", "demo", "--backend", backend]
     result = subprocess.run(
         [*command, "--network", network, "--json-logs"],
         capture_output=True,

@@ -93,3 +93,30 @@ def test_public_module_has_all(module_name: str) -> None:
 def test_exception_derives_from_root(name: str) -> None:
     exc_type = getattr(resilient_ws.exceptions, name)
     assert issubclass(exc_type, resilient_ws.ResilientWSError)
+
+
+def test_the_library_never_imports_its_tools() -> None:
+    """Every module outside ``resilient_ws.tools``, imported in a fresh interpreter, leaves
+    the tools (demo, probe, analyze, plot, cli) unimported."""
+    import pkgutil
+    import subprocess
+    import sys
+
+    modules = [
+        info.name
+        for info in pkgutil.walk_packages(resilient_ws.__path__, "resilient_ws.")
+        if not info.name.startswith("resilient_ws.tools")
+    ]
+    assert "resilient_ws.server" in modules
+    script = (
+        "import importlib, sys\n"
+        f"for name in {modules!r}:\n"
+        "    importlib.import_module(name)\n"
+        "print(sorted(m for m in sys.modules if m.startswith('resilient_ws.tools')))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.strip() == "[]"
+    # And the tools are where the command looks for them.
+    assert importlib.import_module("resilient_ws.tools.cli").main is not None

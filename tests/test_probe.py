@@ -12,9 +12,9 @@ import pytest
 from _servers import ThreadServer, free_port
 
 import resilient_ws
-from resilient_ws import _probe
-from resilient_ws.cli import main
 from resilient_ws.testing import FaultProxy
+from resilient_ws.tools import probe
+from resilient_ws.tools.cli import main
 
 pytestmark = pytest.mark.anyio
 
@@ -34,7 +34,7 @@ async def test_probe_reports_rtt_tcp_state_and_server_lag(
     server = resilient_ws.serve(ignore, "127.0.0.1", 0, beacon_interval=0.02, stall_threshold=None)
     async with server:
         url = f"ws://127.0.0.1:{server.port}/"
-        assert await _probe._probe(url, 3, 0.2, True) == 0
+        assert await probe._probe(url, 3, 0.2, True) == 0
     samples = [r for r in records(capsys.readouterr().out) if r["event"] == "sample"]
     assert [s["seq"] for s in samples] == [1, 2, 3]
     assert all(s["state"] == "open" and s["verdict"] == "healthy" for s in samples)
@@ -52,7 +52,7 @@ async def test_probe_against_a_plain_server_has_no_server_lag(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     with ThreadServer() as server:
-        assert await _probe._probe(server.url, 2, 0.2, True) == 0
+        assert await probe._probe(server.url, 2, 0.2, True) == 0
     samples = [r for r in records(capsys.readouterr().out) if r["event"] == "sample"]
     assert len(samples) == 2
     assert all(s["server_lag"] is None and s["rtt"] is not None for s in samples)
@@ -71,7 +71,7 @@ async def test_probe_reports_a_disconnect_with_its_verdict(
 
             async with anyio.create_task_group() as tasks:
                 tasks.start_soon(drop_once)
-                await _probe._probe(proxy.url, 6, 0.2, True)
+                await probe._probe(proxy.url, 6, 0.2, True)
     events = records(capsys.readouterr().out)
     disconnected = [r for r in events if r["event"] == "disconnected"]
     assert len(disconnected) == 1
@@ -81,7 +81,7 @@ async def test_probe_reports_a_disconnect_with_its_verdict(
 
 def test_probe_command_runs_as_a_subprocess() -> None:
     with ThreadServer() as server:
-        command = [sys.executable, "-m", "resilient_ws.cli", "probe", server.url]
+        command = [sys.executable, "-m", "resilient_ws.tools", "probe", server.url]
         result = subprocess.run(
             [*command, "--count", "2", "--interval", "0.2"],
             capture_output=True,
@@ -98,7 +98,7 @@ def test_probe_command_runs_as_a_subprocess() -> None:
 def test_probe_of_an_unreachable_server_fails_clearly() -> None:
     url = f"ws://127.0.0.1:{free_port()}/"  # nothing listens there
     result = subprocess.run(
-        [sys.executable, "-m", "resilient_ws.cli", "probe", url, "--count", "1"],
+        [sys.executable, "-m", "resilient_ws.tools", "probe", url, "--count", "1"],
         capture_output=True,
         text=True,
         timeout=90,

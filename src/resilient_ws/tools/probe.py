@@ -17,11 +17,11 @@ from typing import Any
 
 import anyio
 
-from . import _backend
-from .client import Connection, connect
-from .config import Backoff, Keepalive
-from .events import Connected, Disconnected, PeerRecovered, PeerStalled, Reconnecting
-from .exceptions import ResilientWSError
+from .. import _backend
+from ..client import Connection, connect
+from ..config import Backoff, Keepalive
+from ..events import Connected, Disconnected, PeerRecovered, PeerStalled, Reconnecting
+from ..exceptions import ResilientWSError
 
 __all__ = ["run_probe"]
 

@@ -4,13 +4,13 @@ Subcommands:
 
 ``demo``
     A client and a local ``serve()`` server through a GIL stall, a dead network, a dropped
-    connection and a server restart, shown live, with a summary (``_demo.py``).
+    connection and a server restart, shown live, with a summary (``demo.py``).
 
 ``probe URL``
-    Like ``ping`` for a WebSocket server (``_probe.py``).
+    Like ``ping`` for a WebSocket server (``probe.py``).
 
 ``analyze LOG...``
-    Print an incident report from the library's JSON-lines log events (``_analyze.py``).
+    Print an incident report from the library's JSON-lines log events (``analyze.py``).
 
 ``_demo-server PORT`` (hidden)
     The ``serve()`` echo server the demo runs in a subprocess. It prints ``ready`` once it
@@ -26,8 +26,8 @@ import importlib.util
 import sys
 from collections.abc import Sequence
 
-from . import _analyze, _demo, _probe
-from ._logging import configure_json_logging
+from .._logging import configure_json_logging
+from . import analyze, demo, probe
 
 __all__ = ["main"]
 
@@ -46,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     arguments = sys.argv[1:] if argv is None else list(argv)
     # The server helper is parsed apart, so that no help or error message names it.
-    hidden = arguments[:1] == [_demo.SERVER_COMMAND]
+    hidden = arguments[:1] == [demo.SERVER_COMMAND]
     parser = _build_server_parser() if hidden else _build_parser()
     try:
         args = parser.parse_args(arguments[1:] if hidden else arguments)
@@ -54,17 +54,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else 2
     try:
         if hidden:
-            return _demo.run_server(args.port, exit_with_stdin=args.exit_with_stdin)
+            return demo.run_server(args.port, exit_with_stdin=args.exit_with_stdin)
         if args.command is None:
             parser.print_usage(sys.stderr)
             print(f"{PROG}: error: a command is required", file=sys.stderr)
             return 2
         if args.command == "probe":
-            return _probe.run_probe(
+            return probe.run_probe(
                 args.url, count=args.count, interval=args.interval, as_json=args.json
             )
         if args.command == "analyze":
-            return _analyze.run(args.logs, as_json=args.json, plot=args.plot)
+            return analyze.run(args.logs, as_json=args.json, plot=args.plot)
         return _run_demo(args.backend, args.network, json_logs=args.json_logs)
     except BaseException as exc:
         if _interrupted(exc):
@@ -85,7 +85,7 @@ def _build_parser() -> argparse.ArgumentParser:
         prog=PROG, description="A WebSocket client that stays connected: tools and demo."
     )
     commands = parser.add_subparsers(dest="command", title="commands", metavar="COMMAND")
-    demo = commands.add_parser(
+    demo_command = commands.add_parser(
         "demo",
         help="watch a client survive a GIL stall, a dead network and server restarts",
         description=(
@@ -96,25 +96,25 @@ def _build_parser() -> argparse.ArgumentParser:
             "nothing was lost or duplicated and every fault was handled. About 30 s."
         ),
     )
-    demo.add_argument(
+    demo_command.add_argument(
         "--backend",
         choices=("asyncio", "trio"),
         default="asyncio",
         help="anyio backend of the client (default: %(default)s)",
     )
-    demo.add_argument(
+    demo_command.add_argument(
         "--network",
         choices=("auto", "iptables", "proxy"),
         default="auto",
         help="how to kill the network: iptables (needs root), the proxy, or auto: iptables "
         "when root and available (default: %(default)s)",
     )
-    demo.add_argument(
+    demo_command.add_argument(
         "--json-logs",
         action="store_true",
         help="also write the library's structured log events as JSON lines to stderr",
     )
-    probe = commands.add_parser(
+    probe_command = commands.add_parser(
         "probe",
         help="like ping, for a WebSocket server: RTT, timeout, server lag, TCP state",
         description=(
@@ -124,13 +124,13 @@ def _build_parser() -> argparse.ArgumentParser:
             "Exits 0 when the link was up at every interval."
         ),
     )
-    probe.add_argument("url", help="ws:// or wss:// URL")
-    probe.add_argument("--count", type=_positive_int, help="stop after N intervals")
-    probe.add_argument(
+    probe_command.add_argument("url", help="ws:// or wss:// URL")
+    probe_command.add_argument("--count", type=_positive_int, help="stop after N intervals")
+    probe_command.add_argument(
         "--interval", type=_positive_float, default=1.0, help="seconds (default: %(default)s)"
     )
-    probe.add_argument("--json", action="store_true", help="one JSON object per line")
-    analyze = commands.add_parser(
+    probe_command.add_argument("--json", action="store_true", help="one JSON object per line")
+    analyze_command = commands.add_parser(
         "analyze",
         help="print an incident report from the library's JSON-lines log events",
         description=(
@@ -140,11 +140,11 @@ def _build_parser() -> argparse.ArgumentParser:
             "never fatal. See docs/analyze.md."
         ),
     )
-    analyze.add_argument(
+    analyze_command.add_argument(
         "logs", nargs="*", metavar="LOG", help="log files; '-' or none reads standard input"
     )
-    analyze.add_argument("--json", action="store_true", help="print the report as JSON")
-    analyze.add_argument(
+    analyze_command.add_argument("--json", action="store_true", help="print the report as JSON")
+    analyze_command.add_argument(
         "--plot",
         metavar="OUT.png",
         help="also draw a timeline into this PNG file (pip install 'resilient_ws[cli]')",
@@ -174,7 +174,7 @@ def _positive_float(text: str) -> float:
 
 def _build_server_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog=f"{PROG} {_demo.SERVER_COMMAND}",
+        prog=f"{PROG} {demo.SERVER_COMMAND}",
         description="A resilient_ws echo server on 127.0.0.1; prints 'ready' once listening.",
     )
     parser.add_argument("port", type=int)
@@ -190,7 +190,7 @@ def _run_demo(backend: str, network: str, *, json_logs: bool) -> int:
         return 2
     if json_logs:
         configure_json_logging(sys.stderr)
-    return _demo.run_demo(backend, network)
+    return demo.run_demo(backend, network)
 
 
 if __name__ == "__main__":

@@ -33,9 +33,9 @@ from dataclasses import dataclass, field
 
 import anyio
 
-from .client import Connection, connect
-from .config import Backoff, Keepalive
-from .events import (
+from ..client import Connection, connect
+from ..config import Backoff, Keepalive
+from ..events import (
     Closed,
     Connected,
     Disconnected,
@@ -47,8 +47,8 @@ from .events import (
     Resumed,
     SessionLost,
 )
-from .exceptions import ConnectionClosed, ResilientWSError
-from .testing import FaultProxy
+from ..exceptions import ConnectionClosed, ResilientWSError
+from ..testing import FaultProxy
 
 __all__ = ["SERVER_COMMAND", "run_demo", "run_server"]
 
@@ -73,7 +73,7 @@ def run_server(port: int, *, exit_with_stdin: bool) -> int:
     ``exit_with_stdin`` it exits when its standard input closes (the demo holds it open,
     so that a server never outlives a demo that was killed).
     """
-    from ._logging import configure_json_logging
+    from .._logging import configure_json_logging
 
     configure_json_logging(sys.stderr)
     try:
@@ -93,7 +93,7 @@ def hold_gil(seconds: float) -> None:
 
 
 async def _serve(port: int, exit_with_stdin: bool) -> None:
-    from .server import ServerSession, serve
+    from ..server import ServerSession, serve
 
     async def echo(session: ServerSession) -> None:
         async for message in session:
@@ -120,7 +120,7 @@ class _ServerProcess:
 
     async def start(self) -> None:
         command = [
-            *(sys.executable, "-m", "resilient_ws.cli"),
+            *(sys.executable, "-m", "resilient_ws.tools"),
             *(SERVER_COMMAND, str(self.port), "--exit-with-stdin"),
         ]
         process = await anyio.to_thread.run_sync(

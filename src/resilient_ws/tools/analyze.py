@@ -915,8 +915,8 @@ def run(
     """
     out, err = stdout or sys.stdout, stderr or sys.stderr
     if plot is not None:
-        # Imported here: matplotlib, and so _plot, is needed only for --plot.
-        from ._plot import PlotUnavailable, require_matplotlib
+        # Imported here: matplotlib, and so .plot, is needed only for --plot.
+        from .plot import PlotUnavailable, require_matplotlib
 
         try:
             require_matplotlib()
@@ -944,7 +944,7 @@ def run(
 
 def _draw(report: Report, path: str, err: TextIO) -> tuple[int, bool]:
     """Write the plot; return the exit status and whether it was written."""
-    from ._plot import write_plot
+    from .plot import write_plot
 
     try:
         write_plot(report, path)
