@@ -17,14 +17,8 @@ from hypothesis.stateful import (
 )
 
 from resilient_ws._outbox import Message, payload_size
-from resilient_ws._replay import (
-    ACK_OUT_OF_RANGE,
-    MALFORMED_CONTROL,
-    Gap,
-    Inbound,
-    Outbound,
-    ProtocolViolation,
-)
+from resilient_ws._protocol import ACK_OUT_OF_RANGE, MALFORMED
+from resilient_ws._replay import Gap, Inbound, Outbound, ProtocolViolation
 
 
 def recorded(outbound: Outbound, *messages: Message) -> list[int]:
@@ -65,7 +59,7 @@ def test_protocol_violation_carries_code_and_reason() -> None:
     assert error.code == 4002
     assert error.reason == "ack=9 but only 2 messages were sent"
     assert "4002" in str(error)
-    assert MALFORMED_CONTROL == 4001
+    assert MALFORMED == 4001
 
 
 # ---- Outbound: numbering and bounds -------------------------------------------------------
@@ -200,7 +194,7 @@ def test_ack_of_messages_already_dropped_on_overflow() -> None:
     [
         (None, 4, ACK_OUT_OF_RANGE, "only 3 messages were sent"),
         (2, 1, ACK_OUT_OF_RANGE, "below the earlier ack=2"),
-        (None, -1, MALFORMED_CONTROL, "negative"),
+        (None, -1, MALFORMED, "negative"),
     ],
 )
 def test_bad_ack_is_a_violation_and_changes_nothing(
@@ -263,7 +257,7 @@ def test_resume_after_an_oversize_message_reports_it_lost() -> None:
     [
         (4, ACK_OUT_OF_RANGE, "only 3 messages were sent"),
         (0, ACK_OUT_OF_RANGE, "below its earlier ack=1"),
-        (-1, MALFORMED_CONTROL, "negative"),
+        (-1, MALFORMED, "negative"),
     ],
 )
 def test_bad_resume_is_a_violation_and_changes_nothing(
@@ -471,7 +465,7 @@ def test_inbound_resume_of_a_peer_that_sent_nothing() -> None:
     assert inbound.received == 0
 
 
-@pytest.mark.parametrize(("replay_from", "code"), [(0, ACK_OUT_OF_RANGE), (-3, MALFORMED_CONTROL)])
+@pytest.mark.parametrize(("replay_from", "code"), [(0, ACK_OUT_OF_RANGE), (-3, MALFORMED)])
 def test_inbound_resume_with_an_impossible_replay_from(replay_from: int, code: int) -> None:
     inbound = Inbound()
     inbound.deliver(0.0)

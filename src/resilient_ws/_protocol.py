@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 __all__ = [
+    "ACK_OUT_OF_RANGE",
     "BEACON_PREFIX",
     "MALFORMED",
     "SUBPROTOCOL",
@@ -51,7 +52,11 @@ _FIELD_NAME = re.compile(rb"[a-z][a-z0-9_]{0,15}")
 _DECIMAL = re.compile(rb"[0-9]{1,20}(?:\.[0-9]{1,20})?")
 
 MALFORMED = 4001
-"""Close code for a malformed control message or header (docs/protocol.md section 6)."""
+"""Close code for a malformed control message or header, or a negative number in one
+(docs/protocol.md section 6)."""
+ACK_OUT_OF_RANGE = 4002
+"""Close code for a number that contradicts the session: an ack of messages never sent, an
+ack below an earlier one, ``replay_from`` 0 (docs/protocol.md section 6)."""
 
 
 class ControlError(ValueError):

@@ -36,10 +36,9 @@ from dataclasses import dataclass
 from typing import cast
 
 from ._outbox import Message
+from ._protocol import ACK_OUT_OF_RANGE, MALFORMED
 
 __all__ = [
-    "ACK_OUT_OF_RANGE",
-    "MALFORMED_CONTROL",
     "MESSAGE_COST",
     "Budget",
     "Gap",
@@ -47,10 +46,6 @@ __all__ = [
     "Outbound",
     "ProtocolViolation",
 ]
-
-# Close codes of docs/protocol.md section 6.
-MALFORMED_CONTROL = 4001
-ACK_OUT_OF_RANGE = 4002
 
 
 class ProtocolViolation(Exception):
@@ -93,7 +88,7 @@ class Gap:
 def _check_number(value: int, what: str) -> None:
     """Numbers of messages are integers >= 0 (docs/protocol.md section 3)."""
     if value < 0:
-        raise ProtocolViolation(MALFORMED_CONTROL, f"{what}={value} is negative")
+        raise ProtocolViolation(MALFORMED, f"{what}={value} is negative")
 
 
 class Budget:

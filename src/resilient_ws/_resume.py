@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ._outbox import Message
-from ._protocol import Grant, Resume, resume_headers
-from ._replay import ACK_OUT_OF_RANGE, Gap, Inbound, Outbound, ProtocolViolation
+from ._protocol import ACK_OUT_OF_RANGE, Grant, Resume, resume_headers
+from ._replay import Gap, Inbound, Outbound, ProtocolViolation
 from .config import Replay
 
 __all__ = ["ClientSession", "Resumption"]
