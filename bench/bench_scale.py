@@ -790,6 +790,7 @@ async def handshakes(args: argparse.Namespace) -> dict[str, Any]:
             port = free_port()
             server = await _start_server(server_kind, port, args, abortable=False)
             children.append(server)
+            await server.read(60)  # ready: listening
             argv = (mode, str(port), str(args.inflight))
             client = await Child.start(
                 "handshake client", args.client_pin, "--serve-handshakes", *argv
