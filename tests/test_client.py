@@ -603,7 +603,8 @@ async def test_close_while_a_link_is_being_set_up_closes_cleanly() -> None:
     assert connection.state is State.CLOSED
 
 
-async def test_a_lost_link_is_freed_once_the_next_one_is_up() -> None:
+@pytest.mark.parametrize("backoff", [FAST, Backoff()], ids=["fast", "defaults"])
+async def test_a_lost_link_is_freed_once_the_next_one_is_up(backoff: Backoff) -> None:
     # The error that ended a link is kept (stats.last_error, the Disconnected event) while
     # the next link lives; its tracebacks held the dead link's websockets connection,
     # transport and keepalive in their frames until the next loss: two links per client.
@@ -623,7 +624,7 @@ async def test_a_lost_link_is_freed_once_the_next_one_is_up() -> None:
         raws.append(weakref.ref(link._raw))
 
     with ThreadServer(hang_up_once) as server:
-        async with resilient_ws.connect(server.url, backoff=FAST, on_connect=remember) as ws:
+        async with resilient_ws.connect(server.url, backoff=backoff, on_connect=remember) as ws:
             events = ws.events()
             lost = await next_event(events, Disconnected)
             assert lost.cause is not None
