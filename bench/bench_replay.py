@@ -73,7 +73,7 @@ import anyio
 
 import resilient_ws
 from resilient_ws import Replay
-from resilient_ws._protocol import SUBPROTOCOL
+from resilient_ws._core.protocol import SUBPROTOCOL
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_client

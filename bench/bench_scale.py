@@ -434,7 +434,7 @@ class _Upgrade(asyncio.Protocol):
 
 
 def _request(port: int, mode: str) -> bytes:
-    from resilient_ws._protocol import SUBPROTOCOL
+    from resilient_ws._core.protocol import SUBPROTOCOL
 
     key = base64.b64encode(os.urandom(16)).decode()
     offer = f"Sec-WebSocket-Protocol: {SUBPROTOCOL}\r\n" if mode == "replay" else ""
@@ -447,7 +447,7 @@ def _request(port: int, mode: str) -> bytes:
 
 def _verdict(head: bytes, mode: str) -> str:
     """Return "ok", or what is wrong with the response whose head is ``head``."""
-    from resilient_ws._protocol import SUBPROTOCOL
+    from resilient_ws._core.protocol import SUBPROTOCOL
 
     status = head.split(b"\r\n", 1)[0]
     if not status.startswith(b"HTTP/1.1 101"):

@@ -11,7 +11,7 @@ import anyio
 import anyio.abc
 
 from resilient_ws import Backoff, Event
-from resilient_ws._protocol import SUBPROTOCOL
+from resilient_ws._core.protocol import SUBPROTOCOL
 
 E = TypeVar("E", bound=Event)
 

@@ -11,7 +11,7 @@ from _helpers import raw_handshake
 from structlog.testing import capture_logs
 
 import resilient_ws
-from resilient_ws._admission import MAX_RETRY_AFTER, Admission
+from resilient_ws._io.admission import MAX_RETRY_AFTER, Admission
 
 TIMEOUT = 20
 

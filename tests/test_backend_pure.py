@@ -25,7 +25,7 @@ from resilient_ws import (
     LinkUnreachable,
     TLSVerificationFailed,
 )
-from resilient_ws._backend import check_url, parse_retry_after, translate
+from resilient_ws._io.backend import check_url, parse_retry_after, translate
 
 # ---- check_url ---------------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from resilient_ws import Backoff
-from resilient_ws._backoff import delay_bound, forgive, next_delay
+from resilient_ws._core.backoff import delay_bound, forgive, next_delay
 
 POLICY = Backoff(first_delay=0.1, multiplier=2.0, max_delay=30.0, max_retry_after=60.0)
 

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from resilient_ws._replay import MESSAGE_COST, Budget, Outbound
+from resilient_ws._core.replay import MESSAGE_COST, Budget, Outbound
 
 COST = MESSAGE_COST
 

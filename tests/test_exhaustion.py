@@ -20,9 +20,9 @@ from _helpers import TIMEOUT
 
 import resilient_ws
 from resilient_ws import ServerSession
-from resilient_ws._backend import abort_link, is_trio
-from resilient_ws._protocol import SUBPROTOCOL
-from resilient_ws._sessions import MemorySessionStore
+from resilient_ws._core.protocol import SUBPROTOCOL
+from resilient_ws._core.sessions import MemorySessionStore
+from resilient_ws._io.backend import abort_link, is_trio
 
 pytestmark = pytest.mark.anyio
 

@@ -41,6 +41,7 @@ EXPECTED = [
     "OnConnectFailed",
     "PeerRecovered",
     "PeerStalled",
+    "ProtocolViolation",
     "QueueFull",
     "Reconnecting",
     "Replay",

@@ -180,7 +180,7 @@ async def test_without_tcp_info_a_dead_link_is_unknown_after_unknown_timeout(
     Only the keepalive is blinded: plain-mode resend reads the kernel's counts too, and
     without them resends at-least-once, which is not what this test is about.
     """
-    from resilient_ws._keepalive import LinkKeepalive
+    from resilient_ws._io.keepalive import LinkKeepalive
 
     monkeypatch.setattr(LinkKeepalive, "tcp_info", lambda self: None)
     policy = Keepalive(unknown_timeout=3.0)

@@ -16,7 +16,7 @@ from _helpers import TIMEOUT, raw_handshake
 from structlog.testing import capture_logs
 
 import resilient_ws
-from resilient_ws._backend import MAX_CONTROL_FRAMES
+from resilient_ws._io.backend import MAX_CONTROL_FRAMES
 
 pytestmark = pytest.mark.anyio
 
@@ -109,7 +109,7 @@ async def test_a_flooders_address_is_turned_away_for_a_while() -> None:
 
 
 def test_penalties_double_for_repeat_offenders_and_are_forgotten() -> None:
-    from resilient_ws._admission import Penalties
+    from resilient_ws._io.admission import Penalties
 
     penalties = Penalties(max_sources=2)
     assert penalties.retry_after("a", 0.0) is None

@@ -53,7 +53,7 @@ from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 import resilient_ws
-from resilient_ws._protocol import SUBPROTOCOL
+from resilient_ws._core.protocol import SUBPROTOCOL
 
 pytestmark = pytest.mark.anyio
 

@@ -25,8 +25,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
-from resilient_ws import _lag
-from resilient_ws._lag import (
+from resilient_ws._io import lag as _lag
+from resilient_ws._io.lag import (
     Frame,
     LagWindow,
     LoopLagMonitor,

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from resilient_ws._liveness import (
+from resilient_ws._core.liveness import (
     Abort,
     Diagnosis,
     Evidence,

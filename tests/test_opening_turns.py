@@ -17,8 +17,8 @@ import pytest
 from _servers import ThreadServer
 
 import resilient_ws
-from resilient_ws import _backend
-from resilient_ws._timers import Timers
+from resilient_ws._io import backend as _backend
+from resilient_ws._io.timers import Timers
 
 pytestmark = pytest.mark.anyio
 

@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from resilient_ws import SendQueue
-from resilient_ws._outbox import Message, Outbox, payload_size
+from resilient_ws._core.outbox import Message, Outbox, payload_size
 
 
 def filled(policy: SendQueue, *messages: Message) -> Outbox:

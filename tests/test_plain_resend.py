@@ -19,9 +19,9 @@ from _servers import ThreadServer
 from websockets.asyncio.server import ServerConnection
 
 import resilient_ws
-from resilient_ws import _backend
-from resilient_ws._plainwindow import PlainWindow
-from resilient_ws._tcpinfo import TcpInfo, parse_linux
+from resilient_ws._core.plainwindow import PlainWindow
+from resilient_ws._core.tcpinfo import TcpInfo, parse_linux
+from resilient_ws._io import backend as _backend
 
 linux_only = pytest.mark.skipif(
     not sys.platform.startswith("linux"),

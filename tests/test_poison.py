@@ -20,7 +20,7 @@ from websockets.frames import Close
 
 import resilient_ws
 from resilient_ws import ConnectionFailed, Disconnected, ServerSession, SessionLost
-from resilient_ws._backend import link_closed_error, translate
+from resilient_ws._io.backend import link_closed_error, translate
 
 pytestmark = pytest.mark.anyio
 

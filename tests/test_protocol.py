@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from resilient_ws._protocol import (
+from resilient_ws import ProtocolViolation
+from resilient_ws._core.protocol import (
     Beacon,
-    ControlError,
     Grant,
     Resume,
     ack_of,
@@ -86,13 +86,13 @@ def test_ordinary_pongs_are_not_control_messages() -> None:
      b"rws1 lag=5.", b"rws1 ack=\xd9\xa3", b"rws1 ACK=3", b"rws1 a\xffk=3"],
 )  # fmt: skip
 def test_malformed_control_messages_raise_with_close_code_4001(payload: bytes) -> None:
-    with pytest.raises(ControlError) as info:
+    with pytest.raises(ProtocolViolation) as info:
         decode_control(payload)
     assert info.value.code == 4001
 
 
 def test_fractional_ack_is_malformed() -> None:
-    with pytest.raises(ControlError):
+    with pytest.raises(ProtocolViolation):
         ack_of({"ack": 1.5})
 
 
@@ -106,7 +106,7 @@ def test_unknown_fields_are_ignored() -> None:
 def test_control_decoder_raises_only_control_errors(payload: bytes) -> None:
     try:
         fields = decode_control(payload)
-    except ControlError:
+    except ProtocolViolation:
         return
     assert fields is None or all(v >= 0 for v in fields.values())
 
@@ -154,7 +154,7 @@ def test_malformed_resume_headers_raise(change: dict[str, str | None]) -> None:
             del headers[name]
         else:
             headers[name] = value
-    with pytest.raises(ControlError):
+    with pytest.raises(ProtocolViolation):
         parse_resume(headers)
 
 
@@ -165,5 +165,5 @@ def test_malformed_grant_raises(resumed: str | None) -> None:
         del headers["RWS-Resumed"]
     else:
         headers["RWS-Resumed"] = resumed
-    with pytest.raises(ControlError):
+    with pytest.raises(ProtocolViolation):
         parse_grant(headers)

@@ -25,9 +25,11 @@ from websockets.asyncio.server import ServerConnection
 from websockets.frames import Opcode
 
 import resilient_ws
-from resilient_ws import Disconnected, Keepalive, PeerStalled, _keepalive, _tcpinfo
-from resilient_ws._protocol import BEACON_PREFIX, decode_beacon
-from resilient_ws._timers import Timers
+from resilient_ws import Disconnected, Keepalive, PeerStalled
+from resilient_ws._core.protocol import BEACON_PREFIX, decode_beacon
+from resilient_ws._io import keepalive as _keepalive
+from resilient_ws._io import sockopts as _sockopts
+from resilient_ws._io.timers import Timers
 
 pytestmark = pytest.mark.anyio
 
@@ -147,7 +149,7 @@ async def test_one_lost_keepalive_probe_costs_a_probe_not_the_link(firewall: Fir
 async def test_quiet_links_are_checked_while_parked_and_forgotten_when_closed() -> None:
     """One watch per event loop holds the parked links (their kernel's last ACK is read
     once per keepalive period) and lets go of each once it closes."""
-    if not _tcpinfo.reports_last_ack():
+    if not _sockopts.reports_last_ack():
         pytest.skip("the platform reports no last ACK: nothing to watch")
     counter = ping_counting()
     with ThreadServer(create_connection=counter, ping_interval=None) as server:
@@ -168,7 +170,7 @@ async def test_without_ack_times_the_kernel_alone_drops_a_dead_quiet_link(
 ) -> None:
     """Where the platform reports no last ACK (macOS), the kernel's second unanswered
     probe drops the link: kernel_timeout."""
-    monkeypatch.setattr(_tcpinfo, "reports_last_ack", lambda: False)
+    monkeypatch.setattr(_sockopts, "reports_last_ack", lambda: False)
     counter = ping_counting()
     with ThreadServer(create_connection=counter, ping_interval=None) as server:
         async with resilient_ws.connect(server.url) as ws:
@@ -342,7 +344,7 @@ async def test_serve_links_carry_the_kernels_keepalive_on_defaults() -> None:
                 while len(server._links) < 2:  # noqa: ASYNC110 - no event for a link
                     await anyio.sleep(0.01)
             for link in server._links:
-                sock = _tcpinfo.raw_socket(link)
+                sock = _sockopts.raw_socket(link)
                 assert sock is not None
                 options = [
                     sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
@@ -350,7 +352,7 @@ async def test_serve_links_carry_the_kernels_keepalive_on_defaults() -> None:
                     sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
                     sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT),
                 ]
-                idle = _tcpinfo.keepalive_idle(Keepalive().idle)
-                assert options == [1, idle, 1, _tcpinfo._KEEPALIVE_PROBES]
+                idle = _sockopts.keepalive_idle(Keepalive().idle)
+                assert options == [1, idle, 1, _sockopts._KEEPALIVE_PROBES]
             # On asyncio the links did not set them: the listening sockets did.
             assert server._inherit_keepalive == (sniffio.current_async_library() == "asyncio")

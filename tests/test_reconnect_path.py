@@ -16,7 +16,7 @@ from anyio.abc import ByteStream, SocketAttribute, SocketStream
 
 import resilient_ws
 from resilient_ws import Connected
-from resilient_ws._backend import resolve_proxy
+from resilient_ws._io.backend import resolve_proxy
 
 
 @pytest.fixture

@@ -16,9 +16,10 @@ from hypothesis.stateful import (
     rule,
 )
 
-from resilient_ws._outbox import Message, payload_size
-from resilient_ws._protocol import ACK_OUT_OF_RANGE, MALFORMED
-from resilient_ws._replay import Gap, Inbound, Outbound, ProtocolViolation
+from resilient_ws import ProtocolViolation
+from resilient_ws._core.outbox import Message, payload_size
+from resilient_ws._core.protocol import ACK_OUT_OF_RANGE, MALFORMED
+from resilient_ws._core.replay import Gap, Inbound, Outbound
 
 
 def recorded(outbound: Outbound, *messages: Message) -> list[int]:

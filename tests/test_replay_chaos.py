@@ -145,10 +145,15 @@ def child(script: Path, *args: str) -> Iterator[Child]:
         process.kill()
 
 
-async def wait_until(condition: Callable[[], object]) -> None:
-    with anyio.fail_after(TIMEOUT):
+async def wait_until(
+    condition: Callable[[], object], report: Callable[[], str] | None = None
+) -> None:
+    """Wait (at most ``TIMEOUT``) until ``condition()``; on timeout fail with ``report()``."""
+    with anyio.move_on_after(TIMEOUT):
         while not condition():  # noqa: ASYNC110 - no event marks these conditions
             await anyio.sleep(0.01)
+        return
+    raise AssertionError(f"not within {TIMEOUT} s" + (f": {report()}" if report else ""))
 
 
 async def collect(ws: resilient_ws.Connection, into: list[Event]) -> None:
@@ -313,6 +318,15 @@ class Chaos:
             await anyio.sleep(self.rng.uniform(0.3, 3.0))
 
 
+def ended_report(ws: resilient_ws.Connection, handler: ChaosHandler, events: list[Event]) -> str:
+    """What each side saw, for a session whose handler did not end after the close."""
+    sessions = [
+        dict(connected=s.connected, links=s.links, resent=s.resent, ended=s.ended, error=s._error)
+        for s in handler.sessions
+    ]
+    return f"client {ws.state} {ws.stats}, sessions {sessions}, last events {events[-8:]}"
+
+
 def check_exactly_once(
     client: Stream, handler: ChaosHandler, events: list[Event], ws: resilient_ws.Connection
 ) -> None:
@@ -377,7 +391,7 @@ async def streaming(
                     )
                 )
                 await ws.close()
-            await wait_until(handler.done.is_set)
+            await wait_until(handler.done.is_set, lambda: ended_report(ws, handler, events))
     finally:
         await anyio.to_thread.run_sync(server.stop)
     server.check()

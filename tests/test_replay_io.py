@@ -21,9 +21,9 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 import resilient_ws
 from resilient_ws import ConnectionFailed, Replay, ServerSession
-from resilient_ws._backend import is_trio
-from resilient_ws._protocol import SUBPROTOCOL
-from resilient_ws._sessions import MemorySessionStore
+from resilient_ws._core.protocol import SUBPROTOCOL
+from resilient_ws._core.sessions import MemorySessionStore
+from resilient_ws._io.backend import is_trio
 from resilient_ws.testing import FaultProxy
 
 pytestmark = pytest.mark.anyio
@@ -496,7 +496,7 @@ async def test_control_frames_sent_without_waiting_arrive_in_order(
 ) -> None:
     """A burst of send_control() (probes, acks, beacons are sent so) reaches the peer in
     order; on trio one flush task per link writes the burst, not a task per frame."""
-    from resilient_ws import _backend
+    from resilient_ws._io import backend as _backend
 
     flushes: list[object] = []
     flush = _backend._flush_queued

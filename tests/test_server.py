@@ -18,7 +18,7 @@ from websockets.asyncio.client import connect as plain_connect
 from websockets.exceptions import ConnectionClosedError
 
 import resilient_ws
-from resilient_ws._protocol import SUBPROTOCOL
+from resilient_ws._core.protocol import SUBPROTOCOL
 
 pytestmark = pytest.mark.anyio
 TIMEOUT = 20
@@ -52,7 +52,7 @@ async def test_resilient_client_gets_lag_beacons() -> None:
 async def test_plain_websockets_client_works_against_serve() -> None:
     async with serve_echo(beacon_interval=0.01) as server:
         url = f"ws://127.0.0.1:{server.port}/"
-        if resilient_ws._backend.is_trio():
+        if resilient_ws._io.backend.is_trio():
             from websockets.trio.client import connect as trio_connect
 
             manager = trio_connect(url)
@@ -281,7 +281,7 @@ async def fails_in_a_task_group(session: resilient_ws.ServerSession) -> None:
 
 def websockets_client(url: str, **options: Any) -> Any:
     """websockets' own client for the running backend."""
-    if resilient_ws._backend.is_trio():
+    if resilient_ws._io.backend.is_trio():
         from websockets.trio.client import connect as trio_connect
 
         return trio_connect(url, **options)
@@ -347,7 +347,7 @@ async def test_a_replay_session_that_expires_is_a_normal_end(
                 await ws.send("x")
                 assert await ws.recv() == "x"
                 # Gone without a close frame: the session waits for a resume that never comes.
-                resilient_ws._backend.abort_link(ws)
+                resilient_ws._io.backend.abort_link(ws)
             with anyio.fail_after(TIMEOUT):
                 await done.wait()
     events = [e["event"] for e in logs]
@@ -366,8 +366,8 @@ async def test_a_beacon_broadcast_is_paced(monkeypatch: pytest.MonkeyPatch) -> N
     ETIMEDOUT while others opened (bench_scale at 5,000 clients: 8,791 links for 5,000)."""
     from _helpers import raw_handshake
 
-    from resilient_ws import _backend
-    from resilient_ws._protocol import BEACON_PREFIX
+    from resilient_ws._core.protocol import BEACON_PREFIX
+    from resilient_ws._io import backend as _backend
 
     turns = 0  # loop turns seen by a ticker: sends in one turn went out in one burst
     bursts: list[int] = []  # the turn of each beacon sent to a link

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from resilient_ws._sessions import (
+from resilient_ws._core.sessions import (
     MemorySessionStore,
     Resumed,
     SessionLimit,

@@ -4,7 +4,7 @@ import itertools
 
 import pytest
 
-from resilient_ws._state import Input, State, StateMachine
+from resilient_ws._core.state import Input, State, StateMachine
 
 CONNECTING, OPEN, RECONNECTING = State.CONNECTING, State.OPEN, State.RECONNECTING
 CLOSING, CLOSED = State.CLOSING, State.CLOSED

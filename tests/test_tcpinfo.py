@@ -14,14 +14,8 @@ from _servers import ThreadServer
 from hypothesis import given
 from hypothesis import strategies as st
 
-from resilient_ws._tcpinfo import (
-    ESTABLISHED,
-    last_ack_recv,
-    parse_darwin,
-    parse_linux,
-    raw_socket,
-    read,
-)
+from resilient_ws._core.tcpinfo import ESTABLISHED, parse_darwin, parse_linux
+from resilient_ws._io.sockopts import last_ack_recv, raw_socket, read
 
 linux_only = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="TCP_INFO is a Linux socket option"

@@ -9,7 +9,7 @@ import anyio.lowlevel
 import pytest
 import sniffio
 
-from resilient_ws._timers import Timers
+from resilient_ws._io.timers import Timers
 
 pytestmark = pytest.mark.anyio
 

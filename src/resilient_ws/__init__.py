@@ -1,10 +1,10 @@
 """resilient_ws: WebSocket clients that stay connected and keep their messages intact."""
 
-from ._classify import Classifier, Decision, default_classifier
-from ._lag import LoopLagMonitor, Stall, StallWatchdog
+from ._core.classify import Classifier, Decision, default_classifier
+from ._core.sessions import MemorySessionStore, SessionStore
+from ._core.state import State
+from ._io.lag import LoopLagMonitor, Stall, StallWatchdog
 from ._logging import configure_json_logging, redact_url
-from ._sessions import MemorySessionStore, SessionStore
-from ._state import State
 from .client import Connection, ConnectionStats, Link, OnConnect, connect
 from .config import Backoff, Failover, Keepalive, Replay, SendQueue, WhenFull
 from .events import (
@@ -36,6 +36,7 @@ from .exceptions import (
     LinkError,
     LinkUnreachable,
     OnConnectFailed,
+    ProtocolViolation,
     QueueFull,
     ResilientWSError,
     RetryBudgetExhausted,
@@ -77,6 +78,7 @@ __all__ = [
     "OnConnectFailed",
     "PeerRecovered",
     "PeerStalled",
+    "ProtocolViolation",
     "QueueFull",
     "Reconnecting",
     "Replay",

@@ -23,13 +23,13 @@ from typing import Any, Literal
 
 from anyio.lowlevel import checkpoint
 
-from . import _backend
-from ._backend import RawLink
+from ._core.outbox import Message, payload_size
+from ._core.replay import Budget, Gap, Inbound, Outbound
+from ._io import backend as _backend
+from ._io.backend import RawLink
+from ._io.replaylink import ReplayLink
+from ._io.signals import MessageIterator, Signal
 from ._logging import log
-from ._outbox import Message, payload_size
-from ._replay import Budget, Gap, Inbound, Outbound
-from ._replaylink import ReplayLink
-from ._sync import MessageIterator, Signal
 from .config import Replay
 from .exceptions import ConnectionClosed, ConnectionClosedOK, ConnectionFailed, LinkClosed
 

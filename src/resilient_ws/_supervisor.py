@@ -17,16 +17,16 @@ from typing import Any, Protocol
 import anyio
 from tenacity import RetryCallState, Retrying, retry_if_exception
 
-from . import _backend
-from ._backend import RawLink
-from ._backoff import forgive, next_delay
-from ._classify import Classifier
-from ._keepalive import LinkKeepalive
-from ._lag import LoopLagMonitor
-from ._link import Link, OnConnect
-from ._liveness import Diagnosis, Verdict
+from ._core.backoff import forgive, next_delay
+from ._core.classify import Classifier
+from ._core.liveness import Diagnosis, Verdict
+from ._io import backend as _backend
+from ._io.backend import RawLink
+from ._io.keepalive import LinkKeepalive
+from ._io.lag import LoopLagMonitor
+from ._io.link import Link, OnConnect
+from ._io.replaylink import ReplayLink
 from ._logging import log, redact_url
-from ._replaylink import ReplayLink
 from .config import Backoff, Failover, Keepalive
 from .events import Connected, Connecting, Disconnected, Event, Reconnecting
 from .exceptions import (

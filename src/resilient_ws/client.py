@@ -21,22 +21,22 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 
-from . import _backend, _taskgroup
-from ._backend import RawLink
-from ._classify import Classifier, default_classifier
-from ._history import EventHistory
-from ._lag import LoopLagMonitor
-from ._link import Link, OnConnect
+from ._core.classify import Classifier, default_classifier
+from ._core.outbox import Message, Outbox, payload_size
+from ._core.plainwindow import PlainWindow
+from ._core.protocol import SUBPROTOCOL, parse_grant
+from ._core.resume import ClientSession, Resumption
+from ._core.state import Input, State, StateMachine
+from ._io import backend as _backend
+from ._io import taskgroup as _taskgroup
+from ._io.backend import RawLink
+from ._io.history import EventHistory
+from ._io.lag import LoopLagMonitor
+from ._io.link import Link, OnConnect
+from ._io.replaylink import ReplayLink
+from ._io.signals import MessageIterator, Signal
 from ._logging import log, redact_url
-from ._outbox import Message, Outbox, payload_size
-from ._plainwindow import PlainWindow
-from ._protocol import SUBPROTOCOL, ControlError, parse_grant
-from ._replay import ProtocolViolation
-from ._replaylink import ReplayLink
-from ._resume import ClientSession, Resumption
-from ._state import Input, State, StateMachine
 from ._supervisor import Supervisor
-from ._sync import MessageIterator, Signal
 from .config import Backoff, Failover, Keepalive, Replay, SendQueue
 from .events import (
     Closed,
@@ -55,6 +55,7 @@ from .exceptions import (
     ConnectionFailed,
     LinkClosed,
     LinkError,
+    ProtocolViolation,
     QueueFull,
 )
 
@@ -668,8 +669,8 @@ class Connection(MessageIterator):
             return True
         try:
             resumption = session.grant(parse_grant(_backend.response_headers(raw)))
-        except (ControlError, ProtocolViolation) as exc:
-            code, reason = exc.code, str(exc)[:120]
+        except ProtocolViolation as exc:
+            code, reason = exc.code, exc.reason[:120]
             log("protocol_violated", connection_id=self.connection_id, code=code, reason=reason)
             await _backend.close_link(raw, code, reason)
             raise LinkClosed(code, reason) from exc

@@ -10,6 +10,7 @@ The tree::
     ├── InvalidURL              you passed a URL that is not ws:// or wss:// (also ValueError)
     ├── ConcurrencyError        two tasks called recv() at once (also RuntimeError)
     ├── QueueFull               send() while disconnected with SendQueue(when_full="raise")
+    ├── ProtocolViolation       the peer broke the replay protocol; its link closes with .code
     ├── ConnectionClosed        the connection is closed for good; no more messages
     │   ├── ConnectionClosedOK      closed by the application (close() or leaving ``async with``)
     │   └── ConnectionFailed        ended by a fatal link error; ``.cause`` is that LinkError
@@ -41,6 +42,7 @@ __all__ = [
     "LinkError",
     "LinkUnreachable",
     "OnConnectFailed",
+    "ProtocolViolation",
     "QueueFull",
     "ResilientWSError",
     "RetryBudgetExhausted",
@@ -70,6 +72,27 @@ class QueueFull(ResilientWSError):
 
     The message passed to the failing ``send()`` was not queued; nothing else was dropped.
     """
+
+
+class ProtocolViolation(ResilientWSError):
+    """The peer broke the replay protocol (docs/protocol.md): a malformed control message
+    or ``RWS-*`` header, or a message number out of range.
+
+    Raised before any state changes, so the object that raised it is still consistent. The
+    link it arrived on is closed with :attr:`code`; what the other side then sees is a
+    :class:`LinkClosed` with that code.
+
+    Attributes:
+        code: The WebSocket close code: 4001 (malformed: a control message, header or
+            number that does not parse, or a number that is not an integer >= 0) or 4002
+            (an ack or resume number out of range).
+        reason: A short explanation, fit for the close frame's reason (ASCII, < 123 bytes).
+    """
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(f"protocol violation {code}: {reason}")
+        self.code = code
+        self.reason = reason
 
 
 class ConnectionClosed(ResilientWSError):

@@ -37,24 +37,17 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from . import _admission, _backend, _taskgroup, _tcpinfo
-from ._keepalive import LinkKeepalive
-from ._lag import LoopLagMonitor, Stall, StallWatchdog
-from ._logging import log, log_error
-from ._protocol import (
+from ._core.protocol import (
     SUBPROTOCOL,
     Beacon,
-    ControlError,
     Grant,
     Resume,
     encode_beacon,
     grant_headers,
     parse_resume,
 )
-from ._replay import Budget, ProtocolViolation
-from ._replaylink import ReplayLink
-from ._serversession import TAKEN_OVER, ServerSession
-from ._sessions import (
+from ._core.replay import Budget
+from ._core.sessions import (
     MemorySessionStore,
     SessionLimit,
     SessionStore,
@@ -62,8 +55,17 @@ from ._sessions import (
     Throttled,
     Unknown,
 )
+from ._io import admission as _admission
+from ._io import backend as _backend
+from ._io import sockopts as _sockopts
+from ._io import taskgroup as _taskgroup
+from ._io.keepalive import LinkKeepalive
+from ._io.lag import LoopLagMonitor, Stall, StallWatchdog
+from ._io.replaylink import ReplayLink
+from ._logging import log, log_error
+from ._serversession import TAKEN_OVER, ServerSession
 from .config import Keepalive, Replay
-from .exceptions import LinkClosed
+from .exceptions import LinkClosed, ProtocolViolation
 
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup  # type: ignore[import-not-found,unused-ignore]
@@ -325,8 +327,8 @@ class Server:
         peer = str(_backend.peer_address(connection))
         try:
             resume = parse_resume(_backend.header_dict(request.headers))
-        except ControlError as exc:
-            return _reject(connection, http.HTTPStatus.BAD_REQUEST, str(exc), peer)
+        except ProtocolViolation as exc:
+            return _reject(connection, http.HTTPStatus.BAD_REQUEST, exc.reason, peer)
         now = anyio.current_time()
         source = _backend.peer_host(connection)
         session = token = None
@@ -695,13 +697,13 @@ def _listening_port(server: Any) -> int:
 
 
 def _keepalive_on_listeners(server: Any, policy: Keepalive) -> bool:
-    """Set the kernel's TCP keepalive (see :func:`_tcpinfo.keep_alive`) on the listening
+    """Set the kernel's TCP keepalive (see :func:`_sockopts.keep_alive`) on the listening
     sockets, for every link they accept: Linux copies the options into each accepted
     socket, four system calls per link fewer. Whether that was done (elsewhere each link
     sets them itself)."""
     if not (policy.kernel and sys.platform.startswith("linux")):
         return False
-    return all(_tcpinfo.keep_alive(sock, policy.idle) for sock in _listening_sockets(server))
+    return all(_sockopts.keep_alive(sock, policy.idle) for sock in _listening_sockets(server))
 
 
 def _peer(connection: Any) -> str | None:

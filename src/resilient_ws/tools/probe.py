@@ -17,7 +17,7 @@ from typing import Any
 
 import anyio
 
-from .. import _backend
+from .._io import backend as _backend
 from ..client import Connection, connect
 from ..config import Backoff, Keepalive
 from ..events import Connected, Disconnected, PeerRecovered, PeerStalled, Reconnecting

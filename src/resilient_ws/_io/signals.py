@@ -6,8 +6,8 @@ from typing import TypeVar
 
 import anyio
 
-from ._outbox import Message
-from .exceptions import ConnectionClosedOK
+from .._core.outbox import Message
+from ..exceptions import ConnectionClosedOK
 
 __all__ = ["MessageIterator", "Signal"]
 

@@ -23,7 +23,7 @@ from collections import deque
 from dataclasses import dataclass
 from itertools import islice
 
-from ._outbox import Message
+from .outbox import Message
 
 __all__ = [
     "DEFAULT_CHECK_EVERY",

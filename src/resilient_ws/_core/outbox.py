@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from .config import SendQueue
+from ..config import SendQueue
 
 __all__ = ["Message", "Outbox", "payload_size"]
 

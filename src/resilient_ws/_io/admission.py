@@ -30,8 +30,8 @@ from typing import Any
 
 import anyio
 
-from . import _backend
-from ._logging import log
+from .._logging import log
+from . import backend as _backend
 
 __all__ = ["Admission", "Penalties", "ShedReport", "hooks", "refusing"]
 

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 import sniffio
 
-from ._logging import log_error
+from .._logging import log_error
 
 __all__ = ["Timer", "Timers"]
 

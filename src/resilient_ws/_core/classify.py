@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Literal
 
-from .exceptions import (
+from ..exceptions import (
     HandshakeFailed,
     HandshakeRejected,
     LinkClosed,

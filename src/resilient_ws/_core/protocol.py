@@ -18,13 +18,14 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from ..exceptions import ProtocolViolation
+
 __all__ = [
     "ACK_OUT_OF_RANGE",
     "BEACON_PREFIX",
     "MALFORMED",
     "SUBPROTOCOL",
     "Beacon",
-    "ControlError",
     "Grant",
     "Resume",
     "ack_of",
@@ -59,12 +60,6 @@ ACK_OUT_OF_RANGE = 4002
 ack below an earlier one, ``replay_from`` 0 (docs/protocol.md section 6)."""
 
 
-class ControlError(ValueError):
-    """A control message or ``RWS-*`` header is malformed; close with :data:`MALFORMED`."""
-
-    code = MALFORMED
-
-
 # ---- control messages -------------------------------------------------------------------
 
 
@@ -76,23 +71,23 @@ def decode_control(data: bytes) -> dict[str, float] | None:
         pong, to be ignored.
 
     Raises:
-        ControlError: It claims to be one but is malformed.
+        ProtocolViolation: It claims to be one but is malformed.
     """
     if not data.startswith(BEACON_PREFIX):
         return None
     if len(data) > _MAX_CONTROL_PAYLOAD:
-        raise ControlError("control message over 125 bytes")
+        raise ProtocolViolation(MALFORMED, "control message over 125 bytes")
     fields: dict[str, float] = {}
     for item in data[len(BEACON_PREFIX) :].split():
         name, sep, value = item.partition(b"=")
         if not sep or not _FIELD_NAME.fullmatch(name):
-            raise ControlError(f"malformed field {item[:20]!r}")
+            raise ProtocolViolation(MALFORMED, f"malformed field {item[:20]!r}")
         # Plain decimals only: Python's float() also takes "1_0", "+3", "3e0", "nan"...
         if not _DECIMAL.fullmatch(value):
-            raise ControlError(f"field {name[:20]!r} is not a decimal number")
+            raise ProtocolViolation(MALFORMED, f"field {name[:20]!r} is not a decimal number")
         fields[name.decode("ascii")] = float(value)
     if not fields:
-        raise ControlError("control message without fields")
+        raise ProtocolViolation(MALFORMED, "control message without fields")
     return fields
 
 
@@ -105,13 +100,13 @@ def ack_of(fields: Mapping[str, float]) -> int | None:
     """The ``ack`` field as a message count, if present.
 
     Raises:
-        ControlError: It is not a whole number.
+        ProtocolViolation: It is not a whole number.
     """
     value = fields.get("ack")
     if value is None:
         return None
     if value != int(value):
-        raise ControlError("ack is not a whole number")
+        raise ProtocolViolation(MALFORMED, "ack is not a whole number")
     return int(value)
 
 
@@ -143,7 +138,7 @@ def decode_beacon(data: bytes) -> Beacon | None:
     """The beacon in a pong payload, or ``None`` if it is none (or malformed)."""
     try:
         fields = decode_control(data)
-    except ControlError:
+    except ProtocolViolation:
         return None
     return None if fields is None else beacon_of(fields)
 
@@ -187,7 +182,7 @@ def parse_resume(headers: Mapping[str, str]) -> Resume | None:
     session.
 
     Raises:
-        ControlError: The headers are present but malformed.
+        ProtocolViolation: The headers are present but malformed.
     """
     headers = _lowercase(headers)
     session = headers.get("rws-session")
@@ -216,12 +211,12 @@ def parse_grant(headers: Mapping[str, str]) -> Grant:
     """The server's grant in the 101 response headers.
 
     Raises:
-        ControlError: A header is missing or malformed.
+        ProtocolViolation: A header is missing or malformed.
     """
     headers = _lowercase(headers)
     resumed = headers.get("rws-resumed")
     if resumed not in ("0", "1"):
-        raise ControlError("RWS-Resumed must be 0 or 1")
+        raise ProtocolViolation(MALFORMED, "RWS-Resumed must be 0 or 1")
     return Grant(
         session=_opaque(headers.get("rws-session"), "RWS-Session"),
         token=_opaque(headers.get("rws-token"), "RWS-Token"),
@@ -238,11 +233,11 @@ def _lowercase(headers: Mapping[str, str]) -> dict[str, str]:
 
 def _opaque(value: str | None, name: str) -> str:
     if value is None or not _OPAQUE.fullmatch(value):
-        raise ControlError(f"{name} is missing or malformed")
+        raise ProtocolViolation(MALFORMED, f"{name} is missing or malformed")
     return value
 
 
 def _count(value: str | None, name: str, minimum: int = 0) -> int:
     if value is None or not _COUNT.fullmatch(value) or int(value) < minimum:
-        raise ControlError(f"{name} is missing or malformed")
+        raise ProtocolViolation(MALFORMED, f"{name} is missing or malformed")
     return int(value)

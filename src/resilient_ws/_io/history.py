@@ -6,8 +6,8 @@ from collections import deque
 
 import anyio
 
-from ._sync import Signal
-from .events import Closed, Event, EventsMissed
+from ..events import Closed, Event, EventsMissed
+from .signals import Signal
 
 __all__ = ["EventHistory"]
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-from . import _backend
-from ._backend import RawLink
-from ._outbox import Message
+from .._core.outbox import Message
+from . import backend as _backend
+from .backend import RawLink
 
 if TYPE_CHECKING:
-    from ._replaylink import ReplayLink
+    from .replaylink import ReplayLink
 
 __all__ = ["Link", "OnConnect"]
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ._outbox import Message
-from ._protocol import ACK_OUT_OF_RANGE, Grant, Resume, resume_headers
-from ._replay import Gap, Inbound, Outbound, ProtocolViolation
-from .config import Replay
+from ..config import Replay
+from ..exceptions import ProtocolViolation
+from .outbox import Message
+from .protocol import ACK_OUT_OF_RANGE, Grant, Resume, resume_headers
+from .replay import Gap, Inbound, Outbound
 
 __all__ = ["ClientSession", "Resumption"]
 

@@ -28,13 +28,14 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-from . import _backend
-from ._backend import RawLink
-from ._logging import log
-from ._outbox import Message, payload_size
-from ._protocol import ControlError, ack_of, encode_ack
-from ._replay import Inbound, Outbound, ProtocolViolation
-from ._timers import Timer, Timers
+from .._core.outbox import Message, payload_size
+from .._core.protocol import ack_of, encode_ack
+from .._core.replay import Inbound, Outbound
+from .._logging import log
+from ..exceptions import ProtocolViolation
+from . import backend as _backend
+from .backend import RawLink
+from .timers import Timer, Timers
 
 __all__ = ["ReplayLink"]
 
@@ -175,15 +176,13 @@ class ReplayLink:
             ack = ack_of(fields)
             if ack is not None:
                 self._outbound.ack(ack)
-        except ControlError as exc:
-            self._violated(ProtocolViolation(exc.code, str(exc)))
         except ProtocolViolation as exc:
             self._violated(exc)
 
-    def malformed(self, error: ControlError) -> None:
+    def malformed(self, error: ProtocolViolation) -> None:
         """The frame hook could not decode a control message."""
         if self.violation is None:
-            self._violated(ProtocolViolation(error.code, str(error)))
+            self._violated(error)
 
     def _violated(self, violation: ProtocolViolation) -> None:
         self.violation = violation

@@ -35,18 +35,21 @@ from websockets.frames import Opcode
 from websockets.protocol import State
 from websockets.uri import parse_uri
 
-from . import _tcpinfo, _timers
-from ._logging import log, redact_url
-from ._protocol import BEACON_PREFIX, Beacon, ControlError, beacon_of, decode_control
-from .exceptions import (
+from .._core import tcpinfo as _tcpinfo
+from .._core.protocol import BEACON_PREFIX, Beacon, beacon_of, decode_control
+from .._logging import log, redact_url
+from ..exceptions import (
     HandshakeFailed,
     HandshakeRejected,
     InvalidURL,
     LinkClosed,
     LinkError,
     LinkUnreachable,
+    ProtocolViolation,
     TLSVerificationFailed,
 )
+from . import sockopts as _sockopts
+from . import timers as _timers
 
 __all__ = [
     "ConnectionClosed",
@@ -125,7 +128,7 @@ class ControlHandler(Protocol):
     def on_control(self, fields: Mapping[str, float]) -> None:
         """A control message with these fields arrived."""
 
-    def malformed(self, error: ControlError) -> None:
+    def malformed(self, error: ProtocolViolation) -> None:
         """A control message could not be decoded."""
 
 
@@ -259,7 +262,7 @@ class _Recording:
     def _control(self, data: bytes) -> None:
         try:
             fields = decode_control(data)
-        except ControlError as exc:
+        except ProtocolViolation as exc:
             # Only a peer that negotiated the protocol is held to its grammar.
             if self.control is not None:
                 self.control.malformed(exc)
@@ -320,8 +323,8 @@ class _Counting:
         ``tcpi_bytes_acked`` only grows, so the last successful sample is the best one;
         once the socket is closed, sampling fails and keeps the previous one.
         """
-        sock = _tcpinfo.raw_socket(self)
-        info = None if sock is None else _tcpinfo.read(sock)
+        sock = _sockopts.raw_socket(self)
+        info = None if sock is None else _sockopts.read(sock)
         if info is not None:
             self.end_info = info
             self.end_written = written = self.bytes_written
@@ -721,7 +724,7 @@ def abort_link(raw: RawLink) -> None:
     an answer from the server to the closed socket resets it midway, losing the rest.
     """
     _sample_before_abort(raw)
-    linger = _tcpinfo.raw_socket(raw)
+    linger = _sockopts.raw_socket(raw)
     if linger is not None:
         with suppress(OSError, AttributeError):
             getattr(linger, "setsockopt")(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)  # noqa: B009
@@ -801,8 +804,8 @@ def acked_now(raw: RawLink) -> int | None:
     ciphertext; no ``tcpi_bytes_acked``): everything written, when nothing is unsent or
     unacknowledged (see :func:`acked_offset`'s ``send_queue``), else ``None``.
     """
-    sock = _tcpinfo.raw_socket(raw)
-    info = None if sock is None else _tcpinfo.read(sock)
+    sock = _sockopts.raw_socket(raw)
+    info = None if sock is None else _sockopts.read(sock)
     if info is None:
         return None
     if info.bytes_acked and not is_tls(raw):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 
-from .config import Backoff
+from ..config import Backoff
 
 __all__ = ["delay_bound", "forgive", "next_delay"]
 

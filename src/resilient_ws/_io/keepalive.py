@@ -24,14 +24,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from . import _backend, _tcpinfo
-from ._backend import RawLink
-from ._lag import LoopLagMonitor
-from ._liveness import Abort, Diagnosis, Evidence, Liveness, Probe, Verdict
-from ._logging import log
-from ._timers import Timer, Timers
-from .config import Keepalive
-from .events import Event, PeerRecovered, PeerStalled
+from .._core import tcpinfo as _tcpinfo
+from .._core.liveness import Abort, Diagnosis, Evidence, Liveness, Probe, Verdict
+from .._logging import log
+from ..config import Keepalive
+from ..events import Event, PeerRecovered, PeerStalled
+from . import backend as _backend
+from . import sockopts as _sockopts
+from .backend import RawLink
+from .lag import LoopLagMonitor
+from .timers import Timer, Timers
 
 __all__ = ["LinkKeepalive"]
 
@@ -112,12 +114,12 @@ class LinkKeepalive:
         self._url = url
         self._connection_id = connection_id
         self._emit = emit
-        self._socket = _tcpinfo.raw_socket(raw)
+        self._socket = _sockopts.raw_socket(raw)
         # (kernel_set: the socket has the options already, from its listening socket.)
         self.kernel = (
             policy.kernel
             and self._socket is not None
-            and (kernel_set or _tcpinfo.keep_alive(self._socket, policy.idle))
+            and (kernel_set or _sockopts.keep_alive(self._socket, policy.idle))
         )
         """The kernel's TCP keepalive watches the link's path (see :class:`Keepalive`)."""
         if quiet is None:
@@ -127,8 +129,8 @@ class LinkKeepalive:
         # Where the kernel reports its ACKs, a lost keepalive probe on a quiet link brings
         # an application probe at once (not on serve(), which watches no quiet link).
         kernel_idle = None
-        if self.kernel and quiet != math.inf and _tcpinfo.reports_last_ack():
-            kernel_idle = _tcpinfo.keepalive_idle(policy.idle)
+        if self.kernel and quiet != math.inf and _sockopts.reports_last_ack():
+            kernel_idle = _sockopts.keepalive_idle(policy.idle)
         self._quiet_links = _QuietLinks.of(self._timers) if kernel_idle is not None else None
         self.liveness = Liveness(
             policy, self._now(), quiet=quiet if self.kernel else None, kernel_idle=kernel_idle
@@ -289,7 +291,7 @@ class LinkKeepalive:
 
     def tcp_info(self) -> _tcpinfo.TcpInfo | None:
         """The kernel's view of the link's TCP connection now, where the platform gives one."""
-        return None if self._socket is None else _tcpinfo.read(self._socket)
+        return None if self._socket is None else _sockopts.read(self._socket)
 
     def _evidence(self, own_lag: float) -> Evidence:
         if self.liveness.probing:
@@ -377,7 +379,7 @@ class _QuietLinks:
         self._timers = weakref.ref(timers)  # the loop's timers own this, not the reverse
         # Each watched link: its socket, its unanswered_after, and the number of its entry
         # in the heap (an entry of a link unwatched since, or watched again, is stale).
-        self._links: dict[LinkKeepalive, tuple[_tcpinfo.SockOpts, float, int]] = {}
+        self._links: dict[LinkKeepalive, tuple[_sockopts.SockOpts, float, int]] = {}
         self._heap: list[tuple[float, int, LinkKeepalive]] = []
         self._entries = itertools.count()
         self._timer: Timer | None = None
@@ -402,13 +404,13 @@ class _QuietLinks:
             self._links[keepalive] = (sock, after, known[2])
             return
         timers = self._timers()
-        last_ack = _tcpinfo.last_ack_recv(sock)
+        last_ack = _sockopts.last_ack_recv(sock)
         if timers is None or last_ack is None:
             return
         self._push(keepalive, sock, after, timers.now() - last_ack + after)
 
     def _push(
-        self, keepalive: LinkKeepalive, sock: _tcpinfo.SockOpts, after: float, when: float
+        self, keepalive: LinkKeepalive, sock: _sockopts.SockOpts, after: float, when: float
     ) -> None:
         entry = next(self._entries)
         self._links[keepalive] = (sock, after, entry)
@@ -441,7 +443,7 @@ class _QuietLinks:
             if watched is None or watched[2] != entry:
                 continue  # stale
             sock, after, _ = watched
-            last_ack = _tcpinfo.last_ack_recv(sock)
+            last_ack = _sockopts.last_ack_recv(sock)
             if last_ack is None or last_ack >= after:
                 del links[keepalive]
                 if last_ack is not None:

@@ -30,7 +30,7 @@ import math
 from dataclasses import dataclass
 from typing import Protocol
 
-from .config import Keepalive
+from ..config import Keepalive
 
 __all__ = [
     "Abort",

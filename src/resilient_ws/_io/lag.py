@@ -42,7 +42,7 @@ import anyio
 import sniffio
 from anyio.abc import TaskGroup
 
-from ._logging import log
+from .._logging import log
 
 __all__ = [
     "Frame",

@@ -35,8 +35,9 @@ from bisect import bisect_left
 from dataclasses import dataclass
 from typing import cast
 
-from ._outbox import Message
-from ._protocol import ACK_OUT_OF_RANGE, MALFORMED
+from ..exceptions import ProtocolViolation
+from .outbox import Message
+from .protocol import ACK_OUT_OF_RANGE, MALFORMED
 
 __all__ = [
     "MESSAGE_COST",
@@ -44,25 +45,7 @@ __all__ = [
     "Gap",
     "Inbound",
     "Outbound",
-    "ProtocolViolation",
 ]
-
-
-class ProtocolViolation(Exception):
-    """The peer broke a numbering rule; the link must close with :attr:`code`.
-
-    Raised before any state changes, so the object that raised it is still consistent.
-
-    Attributes:
-        code: The WebSocket close code: 4001 (malformed control message: a number that is
-            not an integer >= 0) or 4002 (ack or resume number out of range).
-        reason: A short explanation, fit for the close frame's reason (ASCII, < 123 bytes).
-    """
-
-    def __init__(self, code: int, reason: str) -> None:
-        super().__init__(f"protocol violation {code}: {reason}")
-        self.code = code
-        self.reason = reason
 
 
 @dataclass(frozen=True, slots=True)
