@@ -19,7 +19,7 @@ from hypothesis.stateful import (
 from resilient_ws import ProtocolViolation
 from resilient_ws._core.outbox import Message, payload_size
 from resilient_ws._core.protocol import ACK_OUT_OF_RANGE, MALFORMED
-from resilient_ws._core.replay import Gap, Inbound, Outbound
+from resilient_ws._core.replay import Inbound, LostRange, Outbound
 
 
 def recorded(outbound: Outbound, *messages: Message) -> list[int]:
@@ -37,20 +37,20 @@ def state(outbound: Outbound) -> tuple[int, int, int, int, int, list[tuple[int, 
     )
 
 
-# ---- Gap -----------------------------------------------------------------------------------
+# ---- LostRange -----------------------------------------------------------------------------------
 
 
 def test_gap_is_an_inclusive_range_or_open_ended() -> None:
-    assert Gap(3, 3) == Gap(3, 3)
-    assert Gap(1, None).last is None
+    assert LostRange(3, 3) == LostRange(3, 3)
+    assert LostRange(1, None).last is None
     with pytest.raises(ValueError, match="first"):
-        Gap(0, 1)
+        LostRange(0, 1)
     with pytest.raises(ValueError, match="last"):
-        Gap(5, 4)
+        LostRange(5, 4)
 
 
 def test_gap_is_frozen() -> None:
-    gap = Gap(1, 2)
+    gap = LostRange(1, 2)
     with pytest.raises(AttributeError):
         gap.first = 2  # type: ignore[misc]
 
@@ -238,7 +238,7 @@ def test_resume_past_overflow_reports_the_peers_gap() -> None:
     outbound = Outbound(max_messages=2, max_bytes=100)
     recorded(outbound, "a", "b", "c", "d", "e")
     assert outbound.replay_from == 4
-    assert outbound.resume(1) == (Gap(2, 3), [(4, "d"), (5, "e")])
+    assert outbound.resume(1) == (LostRange(2, 3), [(4, "d"), (5, "e")])
 
 
 def test_resume_just_at_replay_from_has_no_gap() -> None:
@@ -250,7 +250,7 @@ def test_resume_just_at_replay_from_has_no_gap() -> None:
 def test_resume_after_an_oversize_message_reports_it_lost() -> None:
     outbound = Outbound(max_messages=10, max_bytes=4)
     recorded(outbound, "a", "hugemessage")
-    assert outbound.resume(0) == (Gap(1, 2), [])
+    assert outbound.resume(0) == (LostRange(1, 2), [])
 
 
 @pytest.mark.parametrize(
@@ -454,7 +454,7 @@ def test_inbound_resume_without_gap_counts_as_acknowledged() -> None:
 def test_inbound_resume_after_the_peer_overflowed_reports_the_gap() -> None:
     inbound = Inbound()
     inbound.deliver(0.0)
-    assert inbound.resume(5) == Gap(2, 4)
+    assert inbound.resume(5) == LostRange(2, 4)
     assert (inbound.received, inbound.acked) == (4, 4)
     inbound.deliver(1.0)
     assert inbound.received == 5
@@ -481,7 +481,7 @@ def test_lost_session_reports_an_open_gap_and_restarts_numbering() -> None:
     inbound = Inbound()
     inbound.deliver(0.0)
     inbound.deliver(0.0)
-    assert inbound.lost() == Gap(3, None)
+    assert inbound.lost() == LostRange(3, None)
     assert (inbound.received, inbound.acked, inbound.ack_deadline()) == (0, 0, None)
     inbound.deliver(1.0)
     assert inbound.received == 1
@@ -773,7 +773,7 @@ class TwoPeers(RuleBasedStateMachine):
         client.waiting.extendleft(message for _, message in reversed(unacked))
 
     @staticmethod
-    def report_gap(side: Side, gap: Gap | None) -> None:
+    def report_gap(side: Side, gap: LostRange | None) -> None:
         if gap is not None:
             event("open-ended gap" if gap.last is None else "gap")
             side.log[-1].append(("gap", gap.first, gap.last))

@@ -407,6 +407,9 @@ async def test_an_oversize_message_is_sent_unkept_and_its_loss_is_a_gap_on_the_s
     assert received == ["small", "after"]
     gaps = sessions[0].gaps
     assert [(gap.first, gap.last) for gap in gaps] == [(2, 2)]
+    # The same public event a client reports, not a private range.
+    assert all(isinstance(gap, resilient_ws.Gap) for gap in gaps)
+    assert [(gap.session_id, gap.reason) for gap in gaps] == [(sessions[0].id, "overflow")]
 
 
 async def test_a_small_replay_buffer_bounds_memory_and_loses_nothing_on_a_live_link() -> None:

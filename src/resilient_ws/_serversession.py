@@ -21,16 +21,18 @@ import sys
 from collections import deque
 from typing import Any, Literal
 
+import anyio
 from anyio.lowlevel import checkpoint
 
 from ._core.outbox import Message, payload_size
-from ._core.replay import Budget, Gap, Inbound, Outbound
+from ._core.replay import Budget, Inbound, LostRange, Outbound
 from ._io import backend as _backend
 from ._io.backend import RawLink
 from ._io.replaylink import ReplayLink
 from ._io.signals import MessageIterator, Signal
 from ._logging import log
 from .config import Replay
+from .events import Gap
 from .exceptions import ConnectionClosed, ConnectionClosedOK, ConnectionFailed, LinkClosed
 
 __all__ = ["ServerSession"]
@@ -99,8 +101,9 @@ class ServerSession(MessageIterator):
 
     @property
     def gaps(self) -> tuple[Gap, ...]:
-        """Ranges of the client's messages that will never arrive (its replay buffer
-        overflowed while it was away), oldest first; the last 64 are kept."""
+        """The client's messages that will never arrive (its replay buffer overflowed
+        while it was away), as :class:`~resilient_ws.Gap` events with reason
+        ``"overflow"``, oldest first; the last 64 are kept."""
         return () if self._gaps is None else tuple(self._gaps)
 
     async def send(self, message: Message) -> None:
@@ -224,14 +227,18 @@ class ServerSession(MessageIterator):
         """Whether a resume was granted to a link that does not serve yet."""
         return self._resuming is not None
 
-    def granted(self, resuming: object, gap: Gap | None) -> RawLink | None:
+    def granted(self, resuming: object, gap: LostRange | None) -> RawLink | None:
         """A resume was granted to the link ``resuming``: detach the live link (if any,
         returned, to be closed with 4003) and hold sends until :meth:`attach`."""
         self._resuming = resuming
         if gap is not None:
+            assert self.id is not None  # only replay sessions resume
             if self._gaps is None:
                 self._gaps = deque(maxlen=_MAX_GAPS)
-            self._gaps.append(gap)
+            self._gaps.append(
+                Gap(at=anyio.current_time(), session_id=self.id, first=gap.first,
+                    last=gap.last, reason="overflow")
+            )  # fmt: skip
             log("messages_lost", logging.WARNING, session_id=self.id, first=gap.first,
                 last=gap.last, reason="overflow")  # fmt: skip
         old = self._raw

@@ -2,7 +2,8 @@
 
 Pure: nothing here sleeps, reads a clock or touches a socket. The I/O layer feeds events
 (a message sent or received, an ``ack`` read, the peer's resume headers) and ``now``, and
-acts on the answers (what to resend, which :class:`Gap` to report, when an ack is due).
+acts on the answers (what to resend, which :class:`LostRange` to report, when an ack is
+due).
 The rules are those of the replay protocol, ``docs/protocol.md`` sections 2 to 4:
 
 - Each side numbers the data messages it sends: the n-th of the session is n. Numbers are
@@ -15,7 +16,7 @@ The rules are those of the replay protocol, ``docs/protocol.md`` sections 2 to 4
   unacknowledged one), and when the I/O layer must look (its ack timer): only when an ack
   may be due, never once per message.
 - On resume each half compares its numbers with the peer's handshake headers: what the
-  peer lacks is resent, and what cannot be resent is a :class:`Gap`.
+  peer lacks is resent, and what cannot be resent is a :class:`LostRange`.
 
 A peer that breaks a numbering rule raises :class:`ProtocolViolation`, which carries the
 close code the I/O layer closes the link with. It is internal: it never reaches the
@@ -42,14 +43,14 @@ from .protocol import ACK_OUT_OF_RANGE, MALFORMED
 __all__ = [
     "MESSAGE_COST",
     "Budget",
-    "Gap",
+    "LostRange",
     "Inbound",
     "Outbound",
 ]
 
 
 @dataclass(frozen=True, slots=True)
-class Gap:
+class LostRange:
     """An inclusive range of the peer's message numbers that will never be delivered.
 
     Attributes:
@@ -63,9 +64,9 @@ class Gap:
 
     def __post_init__(self) -> None:
         if self.first < 1:
-            raise ValueError(f"Gap.first must be >= 1, not {self.first}")
+            raise ValueError(f"LostRange.first must be >= 1, not {self.first}")
         if self.last is not None and self.last < self.first:
-            raise ValueError(f"Gap.last must be >= first, not {self.last} < {self.first}")
+            raise ValueError(f"LostRange.last must be >= first, not {self.last} < {self.first}")
 
 
 def _check_number(value: int, what: str) -> None:
@@ -242,7 +243,7 @@ class Outbound:
             )
         self._release_through(number)
 
-    def resume(self, peer_received: int) -> tuple[Gap | None, list[tuple[int, Message]]]:
+    def resume(self, peer_received: int) -> tuple[LostRange | None, list[tuple[int, Message]]]:
         """Resume on a new link, given the peer's ``RWS-Received`` header.
 
         The peer's ``received`` acknowledges everything up to it, so those messages leave
@@ -274,7 +275,11 @@ class Outbound:
             )
         self._release_through(peer_received)
         replay_from = self.replay_from
-        gap = Gap(peer_received + 1, replay_from - 1) if peer_received + 1 < replay_from else None
+        gap = (
+            LostRange(peer_received + 1, replay_from - 1)
+            if peer_received + 1 < replay_from
+            else None
+        )
         return gap, self.unacked()
 
     def unacked(self) -> list[tuple[int, Message]]:
@@ -485,7 +490,7 @@ class Inbound:
         self._linger = True
         return self.received
 
-    def resume(self, peer_replay_from: int) -> Gap | None:
+    def resume(self, peer_replay_from: int) -> LostRange | None:
         """Resume on a new link, given the peer's ``RWS-Replay-From`` header.
 
         If the peer can no longer resend ``received + 1 ..`` (its buffer overflowed),
@@ -508,19 +513,19 @@ class Inbound:
             raise ProtocolViolation(ACK_OUT_OF_RANGE, "replay_from=0: the lowest is 1")
         gap = None
         if self.received + 1 < peer_replay_from:
-            gap = Gap(self.received + 1, peer_replay_from - 1)
+            gap = LostRange(self.received + 1, peer_replay_from - 1)
             self.received = peer_replay_from - 1
         self._acknowledge()
         self._new_link()
         return gap
 
-    def lost(self) -> Gap:
+    def lost(self) -> LostRange:
         """The session was lost (``RWS-Resumed: 0``): start a new one, numbering from 0.
 
         Returns:
             The gap to report: from ``received + 1``, end unknown.
         """
-        gap = Gap(self.received + 1, None)
+        gap = LostRange(self.received + 1, None)
         self.received = 0
         self._acknowledge()
         self._new_link()

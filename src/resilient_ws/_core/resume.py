@@ -14,7 +14,7 @@ from ..config import Replay
 from ..exceptions import ProtocolViolation
 from .outbox import Message
 from .protocol import ACK_OUT_OF_RANGE, Grant, Resume, resume_headers
-from .replay import Gap, Inbound, Outbound
+from .replay import Inbound, LostRange, Outbound
 
 __all__ = ["ClientSession", "Resumption"]
 
@@ -39,7 +39,7 @@ class Resumption:
 
     session_id: str
     resumed: bool
-    gap: Gap | None = None
+    gap: LostRange | None = None
     resend: list[Message] = field(default_factory=list)
     lost_session: str | None = None
     unacked: list[Message] = field(default_factory=list)
