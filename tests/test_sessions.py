@@ -7,8 +7,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from resilient_ws._core.sessions import (
+    Found,
     MemorySessionStore,
-    Resumed,
     SessionLimit,
     SourceLimit,
     Throttled,
@@ -31,7 +31,7 @@ def test_resume_with_the_right_token() -> None:
     store: MemorySessionStore[str] = MemorySessionStore()
     record = store.open("mine", now=0.0)
     outcome = store.resume(record.id, record.token, now=1.0, source=SOURCE)
-    assert isinstance(outcome, Resumed)
+    assert isinstance(outcome, Found)
     assert outcome.record.state == "mine"
 
 
@@ -45,7 +45,7 @@ def test_wrong_token_never_yields_the_session() -> None:
     unknown = store.resume("no-such-session", record.token, now=1.0, source=SOURCE)
     assert unknown == Unknown("unknown")
     # The real owner is unaffected.
-    assert isinstance(store.resume(record.id, record.token, now=2.0, source=SOURCE), Resumed)
+    assert isinstance(store.resume(record.id, record.token, now=2.0, source=SOURCE), Found)
 
 
 def test_detached_session_expires_after_ttl_and_live_ones_never_do() -> None:
@@ -57,7 +57,7 @@ def test_detached_session_expires_after_ttl_and_live_ones_never_do() -> None:
     assert store.expire(now=70.0) == [gone]
     assert store.resume(gone.id, gone.token, now=71.0, source=SOURCE) == Unknown("unknown")
     assert store.expire(now=10_000.0) == []
-    assert isinstance(store.resume(live.id, live.token, now=10_000.0, source=SOURCE), Resumed)
+    assert isinstance(store.resume(live.id, live.token, now=10_000.0, source=SOURCE), Found)
 
 
 def test_reattached_session_stops_expiring() -> None:
@@ -141,7 +141,7 @@ def test_failed_resumes_are_throttled_per_source_never_the_right_token() -> None
     assert outcome.retry_after == pytest.approx(50.0)
     assert isinstance(store.resume("nope", "x", now=10.0, source="10.0.0.9"), Throttled)
     # ... the owner is not locked out, even from the same address ...
-    assert isinstance(store.resume(record.id, record.token, now=10.0, source="10.0.0.9"), Resumed)
+    assert isinstance(store.resume(record.id, record.token, now=10.0, source="10.0.0.9"), Found)
     # ... other addresses are not throttled, and the window slides.
     assert store.resume("nope", "x", now=10.0, source="10.0.0.1") == Unknown("unknown")
     assert store.resume("nope", "x", now=60.5, source="10.0.0.9") == Unknown("unknown")
@@ -152,7 +152,7 @@ def test_the_right_token_is_never_throttled_at_flap_rates() -> None:
     record = store.open("s", now=0.0)
     for i in range(10_000):  # a resume every 10 ms for 100 s
         outcome = store.resume(record.id, record.token, now=i * 0.01, source=SOURCE)
-        assert isinstance(outcome, Resumed)
+        assert isinstance(outcome, Found)
 
 
 def test_tracked_sources_are_bounded() -> None:

@@ -295,7 +295,7 @@ class Abort:
     diagnosis: Diagnosis
 
 
-Decision = Wait | Probe | Abort
+Action = Wait | Probe | Abort
 
 _HEALTHY = Diagnosis(Verdict.HEALTHY, "none")
 
@@ -390,7 +390,7 @@ class Liveness:
         self._probe_sent_at = now
         self._rtt_wanted_at = max(self._rtt_wanted_at, now + _RTT_REFRESH)
 
-    def poll(self, now: float, evidence: Evidence) -> Decision:
+    def poll(self, now: float, evidence: Evidence) -> Action:
         """What to do at ``now``, given the evidence measured since the probe."""
         self._take_path_rtt(now, evidence.tcp)
         sent_at = self._probe_sent_at

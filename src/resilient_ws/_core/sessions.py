@@ -16,7 +16,7 @@ from typing import Generic, Protocol, TypeVar
 
 __all__ = [
     "MemorySessionStore",
-    "Resumed",
+    "Found",
     "SessionLimit",
     "SessionRecord",
     "SessionStore",
@@ -61,7 +61,7 @@ class SessionRecord(Generic[S]):
 
 
 @dataclass(frozen=True, slots=True)
-class Resumed(Generic[S]):
+class Found(Generic[S]):
     """The request named a live or detached session and held its token."""
 
     record: SessionRecord[S]
@@ -104,7 +104,7 @@ class SessionStore(Protocol[S]):
 
     def resume(
         self, session_id: str, token: str, now: float, source: str
-    ) -> Resumed[S] | Unknown | Throttled:
+    ) -> Found[S] | Unknown | Throttled:
         """Look up a session for a resume request, checking its token in constant time.
 
         A request with the right token is never throttled. Failed ones (unknown session,
@@ -222,12 +222,12 @@ class MemorySessionStore(Generic[S]):
 
     def resume(
         self, session_id: str, token: str, now: float, source: str
-    ) -> Resumed[S] | Unknown | Throttled:
+    ) -> Found[S] | Unknown | Throttled:
         self.expire(now)
         record = self._sessions.get(session_id)
         # Constant time: the comparison must not reveal how much of a guess was right.
         if record is not None and hmac.compare_digest(token.encode(), record.token.encode()):
-            return Resumed(record)
+            return Found(record)
         failures = self._failures.pop(source, None)
         if failures is None:
             failures = deque(maxlen=self._failed_limit)
