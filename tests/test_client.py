@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import gc
+import os
+import signal
 import ssl
+import sys
 import weakref
 from collections.abc import AsyncIterator
 
@@ -51,6 +54,50 @@ async def test_echo_round_trip() -> None:
             assert ws.stats.messages_sent == 2
             assert ws.stats.messages_received == 2
         assert ws.state is State.CLOSED
+
+
+async def test_ping_and_tcp_info_measure_the_live_link() -> None:
+    """``ping()`` and ``tcp_info()`` answer about the link that is up, and ``None``
+    with no link: while reconnecting and once closed."""
+    with ProcessServer() as server:
+        async with resilient_ws.connect(server.url) as ws:
+            rtt = await ws.ping()
+            assert rtt is not None
+            assert 0 < rtt < TIMEOUT
+            info = ws.tcp_info()
+            if sys.platform.startswith("linux"):
+                assert info is not None
+                assert info.established
+                # The default keepalive knows the path's RTT from the kernel at least.
+                assert ws.stats.srtt_source in ("kernel", "pong")
+            server.kill()
+            await until_state(ws, State.RECONNECTING)
+            assert await ws.ping() is None
+            assert ws.tcp_info() is None
+        assert await ws.ping() is None
+        assert ws.tcp_info() is None
+
+
+async def test_a_ping_waiting_on_a_link_that_drops_returns_none() -> None:
+    """The server is frozen (no pong), then killed: the pending ping ends with the link."""
+    with ProcessServer() as server:
+        async with resilient_ws.connect(server.url, keepalive=None) as ws:
+            assert ws.stats.srtt_source is None  # no keepalive, no estimate
+            assert server.process is not None
+            os.kill(server.process.pid, signal.SIGSTOP)
+            result: list[float | None] = []
+            async with anyio.create_task_group() as tasks:
+
+                async def ping() -> None:
+                    result.append(await ws.ping())
+
+                tasks.start_soon(ping)
+                await wait_all_tasks_blocked()
+                assert not result  # waiting for the pong
+                server.kill()  # SIGKILL ends a stopped process too
+                with anyio.fail_after(TIMEOUT):
+                    await until_state(ws, State.RECONNECTING)
+            assert result == [None]
 
 
 async def test_survives_server_kill_and_restart() -> None:

@@ -58,6 +58,7 @@ EXPECTED = [
     "StallWatchdog",
     "State",
     "TLSVerificationFailed",
+    "TcpInfo",
     "WhenFull",
     "configure_json_logging",
     "connect",

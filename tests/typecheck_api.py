@@ -33,6 +33,7 @@ from resilient_ws import (
     RetryBudgetExhausted,
     SendQueue,
     State,
+    TcpInfo,
 )
 
 
@@ -119,6 +120,10 @@ async def main() -> list[str | bytes]:
             state: State = ws.state
             if state is State.OPEN:
                 print(summarize(ws.stats))
+                rtt: float | None = await ws.ping()
+                info: TcpInfo | None = ws.tcp_info()
+                if info is not None and not info.zero_window:
+                    print(rtt, info.rtt, info.unacked, ws.stats.srtt_source)
             await ws.close(1000, "bye")
     except RetryBudgetExhausted as exc:
         last: LinkError = exc.cause

@@ -3,6 +3,7 @@
 from ._core.classify import Classifier, Decision, default_classifier
 from ._core.sessions import MemorySessionStore, SessionStore
 from ._core.state import State
+from ._core.tcpinfo import TcpInfo
 from ._io.lag import LoopLagMonitor, Stall, StallWatchdog
 from ._logging import configure_json_logging, redact_url
 from .client import Connection, ConnectionStats, Link, OnConnect, connect
@@ -95,6 +96,7 @@ __all__ = [
     "StallWatchdog",
     "State",
     "TLSVerificationFailed",
+    "TcpInfo",
     "WhenFull",
     "configure_json_logging",
     "connect",

@@ -27,7 +27,9 @@ from ._core.plainwindow import PlainWindow
 from ._core.protocol import SUBPROTOCOL, parse_grant
 from ._core.resume import ClientSession, Resumption
 from ._core.state import Input, State, StateMachine
+from ._core.tcpinfo import TcpInfo
 from ._io import backend as _backend
+from ._io import sockopts as _sockopts
 from ._io import taskgroup as _taskgroup
 from ._io.backend import RawLink
 from ._io.history import EventHistory
@@ -99,6 +101,9 @@ class ConnectionStats:
             larger of the pongs' estimate and the kernel's estimate of the TCP path
             (``tcpi_rtt``, known from the handshake on where the platform gives it), or
             ``None`` before either or without ``keepalive``.
+        srtt_source: Which estimate ``srtt`` is: ``"pong"`` (the pongs': the path plus the
+            server's own latency), ``"kernel"`` (the kernel's of the TCP path: before any
+            pong, or while the path is slower than the last pongs), or ``None``.
         rttvar: Its variation, seconds.
         timeout: The current wait for a pong, seconds, or ``None`` without ``keepalive``.
         verdict: The keepalive's current diagnosis of the link: ``"healthy"``,
@@ -129,6 +134,7 @@ class ConnectionStats:
     dropped: int
     last_error: str | None
     srtt: float | None
+    srtt_source: str | None
     rttvar: float | None
     timeout: float | None
     verdict: str
@@ -258,13 +264,15 @@ class Connection(MessageIterator):
         keepalive = self._supervisor.keepalive
         if keepalive is None:
             return dict(
-                srtt=None, rttvar=None, timeout=None, verdict="unknown", stalled_for=None,
+                srtt=None, srtt_source=None, rttvar=None, timeout=None, verdict="unknown",
+                stalled_for=None,
                 peer_lag=None, peer_stall=None,
             )  # fmt: skip
         liveness = keepalive.liveness
         stalled_since = liveness.stalled_since
         return dict(
             srtt=liveness.rtt.srtt,
+            srtt_source=liveness.rtt.source,
             rttvar=liveness.rtt.rttvar,
             timeout=liveness.timeout,
             verdict=liveness.diagnosis.verdict.value,
@@ -396,6 +404,38 @@ class Connection(MessageIterator):
                 await self._changed.wait()
         finally:
             self._receiving = False
+
+    async def ping(self) -> float | None:
+        """Ping the server on the live link and wait for its pong.
+
+        A measurement, not a liveness check: the keepalive watches the link on its own.
+        Bound the wait yourself (``anyio.move_on_after``); a link that drops meanwhile
+        ends it at once.
+
+        Returns:
+            The round trip in seconds, or ``None`` when no link is up or the link closed
+            before the pong came.
+        """
+        raw = self._live
+        if raw is None:
+            return None
+        sent = anyio.current_time()
+        try:
+            wait = await _backend.ping(raw)
+        except _backend.ConnectionClosed:
+            return None
+        return anyio.current_time() - sent if await wait() else None
+
+    def tcp_info(self) -> TcpInfo | None:
+        """The kernel's view of the live link's TCP connection now (one ``getsockopt``).
+
+        Returns:
+            A sample (see :class:`~resilient_ws.TcpInfo`), or ``None`` when no link is up,
+            or on a platform that gives no TCP state (Linux and macOS do).
+        """
+        raw = self._live
+        sock = None if raw is None else _sockopts.raw_socket(raw)
+        return None if sock is None else _sockopts.read(sock)
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         """Close the connection for good and wait until it is closed.

@@ -633,15 +633,37 @@ async def close_link(raw: RawLink, code: int, reason: str) -> None:
         await closer(code, reason)
 
 
-async def ping(raw: RawLink) -> Callable[[], Awaitable[object]]:
-    """Send a ping; return a function that waits for its pong.
+async def ping(raw: RawLink) -> Callable[[], Awaitable[bool]]:
+    """Send a ping; return a function that waits for its pong: ``True`` when it came,
+    ``False`` when the link closed first.
 
     Raises:
         ConnectionClosed: The link is closed.
     """
     waiter: Any = await getattr(raw, "ping")()  # noqa: B009 - not part of RawLink's protocol
-    # trio answers with an Event, asyncio with a Future.
-    wait: Callable[[], Awaitable[object]] = getattr(waiter, "wait", None) or (lambda: waiter)
+    # trio answers with an Event, which a close never sets; asyncio with a Future, which
+    # a close fails with ConnectionClosed.
+    pong: Callable[[], Awaitable[object]] = getattr(waiter, "wait", None) or (lambda: waiter)
+
+    async def wait() -> bool:
+        ponged = False
+
+        async def until_pong() -> None:
+            nonlocal ponged
+            with suppress(ConnectionClosed):
+                await pong()
+                ponged = True
+            tasks.cancel_scope.cancel()
+
+        async def until_closed() -> None:
+            await raw.wait_closed()
+            tasks.cancel_scope.cancel()
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(until_pong)
+            tasks.start_soon(until_closed)
+        return ponged
+
     return wait
 
 

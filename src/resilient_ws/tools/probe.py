@@ -17,7 +17,6 @@ from typing import Any
 
 import anyio
 
-from .._io import backend as _backend
 from ..client import Connection, connect
 from ..config import Backoff, Keepalive
 from ..events import Connected, Disconnected, PeerRecovered, PeerStalled, Reconnecting
@@ -59,17 +58,8 @@ async def _probe(url: str, count: int | None, interval: float, as_json: bool) ->
 
 async def _ping(ws: Connection, wait_for: float) -> float | None:
     """The round trip of one ping on the live link, or ``None`` (no link, no pong in time)."""
-    raw = ws._live
-    if raw is None:
-        return None
-    sent = anyio.current_time()
     with anyio.move_on_after(wait_for):
-        try:
-            wait = await _backend.ping(raw)
-            await wait()
-        except _backend.ConnectionClosed:
-            return None
-        return anyio.current_time() - sent
+        return await ws.ping()
     return None
 
 
@@ -87,11 +77,8 @@ def _sample(ws: Connection, seq: int, rtt: float | None) -> dict[str, Any]:
         "server_lag": stats.peer_lag,
         "reconnects": stats.reconnects,
     }
-    keepalive = ws._supervisor.keepalive
-    # Which estimate SRTT is: the kernel's of the TCP path (before any pong, or while the
-    # path is slower than the last pongs) or the pongs' (path plus the server's latency).
-    sample["srtt_source"] = None if keepalive is None else keepalive.liveness.rtt.source
-    info = None if keepalive is None or stats.state != "open" else keepalive.tcp_info()
+    sample["srtt_source"] = stats.srtt_source
+    info = ws.tcp_info()
     sample["tcp"] = None if info is None else {
         "rtt": info.rtt,
         "rto": info.rto,
