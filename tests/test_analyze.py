@@ -27,7 +27,7 @@ from resilient_ws.tools.analyze import (
     BadLine,
     Band,
     Culprit,
-    Gap,
+    GapRecord,
     LogEvent,
     PeerStall,
     Report,
@@ -254,7 +254,7 @@ def test_fields_of_the_wrong_type_count_as_absent() -> None:
     )
     [connection] = report.connections
     assert (connection.resumes, connection.replayed) == (2, 0)
-    assert connection.gaps == (Gap(3.0, None, None, None),)
+    assert connection.gaps == (GapRecord(3.0, None, None, None),)
     assert connection.disconnects_by_verdict == {"7": 1}
     assert connection.disconnects_by_cause == {"unknown error": 1}
     assert connection.uptime == 4.0  # measured from link_opened, as "long" is no number
@@ -288,7 +288,7 @@ def test_connection_figures(incident: Report) -> None:
     reconnect = a.reconnect
     assert (reconnect.count, reconnect.p50, reconnect.p95, reconnect.max) == (3, 2.0, 4.0, 4.0)
     assert (a.resumes, a.replayed) == (2, 8)
-    assert a.gaps == (Gap(23.0, "s1", 10, 14), Gap(42.0, "s1", 20, None))
+    assert a.gaps == (GapRecord(23.0, "s1", 10, 14), GapRecord(42.0, "s1", 20, None))
     assert a.peer_stalls == (PeerStall(10.5, 2.0, recovered=True),)
 
 

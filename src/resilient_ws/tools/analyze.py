@@ -33,7 +33,7 @@ __all__ = [
     "ConnectionReport",
     "Culprit",
     "DurationStats",
-    "Gap",
+    "GapRecord",
     "InputSummary",
     "LogEvent",
     "LoopStall",
@@ -269,8 +269,12 @@ class PeerStall:
 
 
 @dataclass(frozen=True, slots=True)
-class Gap:
-    """Peer messages ``first`` to ``last`` (``None``: end unknown) that will never arrive."""
+class GapRecord:
+    """Peer messages ``first`` to ``last`` (``None``: end unknown) that will never arrive.
+
+    A logged ``messages_lost`` event: what the client's :class:`resilient_ws.Gap` event
+    told it, as the log recorded it.
+    """
 
     at: float
     session_id: str | None
@@ -345,7 +349,7 @@ class ConnectionReport:
     reconnect_times: tuple[float, ...]
     resumes: int
     replayed: int
-    gaps: tuple[Gap, ...]
+    gaps: tuple[GapRecord, ...]
     sessions_lost: int
     unacked_lost: int
     queue_dropped: int
@@ -469,7 +473,7 @@ class _Connection:
         self.verdicts: Counter[str] = Counter()
         self.causes: Counter[str] = Counter()
         self.reconnect_times: list[float] = []
-        self.gaps: list[Gap] = []
+        self.gaps: list[GapRecord] = []
         self.stalls: list[PeerStall] = []
         self.bands: list[Band] = []
         self.open_at: float | None = None  # the open link's start
@@ -541,7 +545,7 @@ class _Connection:
 
     def on_messages_lost(self, fields: Mapping[str, Any], at: float) -> None:
         first, last = _count(fields.get("first")), _count(fields.get("last"))
-        self.gaps.append(Gap(at, _text(fields.get("session_id")), first, last))
+        self.gaps.append(GapRecord(at, _text(fields.get("session_id")), first, last))
 
     def on_session_lost(self, fields: Mapping[str, Any], at: float) -> None:
         self.sessions_lost += 1
@@ -646,7 +650,7 @@ def _samples(event: LogEvent, connection_id: str, at: float) -> list[Sample]:
     return [Sample(at, connection_id, name, value) for name, value in found if value is not None]
 
 
-def _gap_size(gap: Gap) -> int | None:
+def _gap_size(gap: GapRecord) -> int | None:
     """Messages in a gap; ``None`` when its end is unknown."""
     if gap.first is None or gap.last is None:
         return None
