@@ -21,9 +21,9 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from resilient_ws import Closed, Connected, Disconnected, configure_json_logging, connect
+from resilient_ws.tools._logparse import MAX_BAD_EXAMPLES, parse_timestamp
 from resilient_ws.tools.analyze import (
     FOREIGN,
-    MAX_BAD_EXAMPLES,
     BadLine,
     Band,
     Culprit,
@@ -34,7 +34,6 @@ from resilient_ws.tools.analyze import (
     analyze,
     analyze_lines,
     parse_line,
-    parse_timestamp,
     percentile,
     read_log,
     render_json,

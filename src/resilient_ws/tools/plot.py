@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from types import ModuleType
 from typing import TYPE_CHECKING
 
-from .analyze import ConnectionReport, Report
+from ._report import ConnectionReport, Report
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
