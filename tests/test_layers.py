@@ -15,8 +15,6 @@ import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 import resilient_ws
 
 PACKAGE = Path(resilient_ws.__file__).parent
@@ -175,7 +173,6 @@ def test_the_core_runs_in_an_interpreter_without_io() -> None:
     assert int(result.stdout) == len([p for p in core_modules() if p.name != "__init__.py"])
 
 
-@pytest.mark.xfail(strict=True, reason="tools.analyze and tools.plot, until analyze is split")
 def test_no_module_imports_one_that_imports_it_back() -> None:
     """No import cycle anywhere in the package (``TYPE_CHECKING`` imports aside). The
     package's ``__init__`` only re-exports, so it is left out: every module that imports
