@@ -320,10 +320,7 @@ class Chaos:
 
 def ended_report(ws: resilient_ws.Connection, handler: ChaosHandler, events: list[Event]) -> str:
     """What each side saw, for a session whose handler did not end after the close."""
-    sessions = [
-        dict(connected=s.connected, links=s.links, resent=s.resent, ended=s.ended, error=s._error)
-        for s in handler.sessions
-    ]
+    sessions = [(s.connected, s.links, s.resent, s.ended) for s in handler.sessions]
     return f"client {ws.state} {ws.stats}, sessions {sessions}, last events {events[-8:]}"
 
 
@@ -390,6 +387,9 @@ async def streaming(
                         and len(handler.stream.received) >= client.sent
                     )
                 )
+                # Closed during a reconnect wait, a client cannot tell the server, whose
+                # session then waits for its TTL (60 s): close on a link.
+                await wait_until(lambda: ws.state is State.OPEN)
                 await ws.close()
             await wait_until(handler.done.is_set, lambda: ended_report(ws, handler, events))
     finally:

@@ -6,7 +6,9 @@ from websockets' own client and server, speaking the protocol (or breaking it) b
 
 from __future__ import annotations
 
+import base64
 import logging
+import os
 import socket
 import struct
 from collections.abc import AsyncIterator, Mapping
@@ -17,6 +19,7 @@ import anyio
 import anyio.abc
 import pytest
 from _helpers import FAST, TIMEOUT, next_event, raw_handshake
+from structlog.testing import capture_logs
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 import resilient_ws
@@ -380,6 +383,95 @@ async def test_a_session_expires_after_its_ttl_and_the_client_hears_of_the_loss(
         assert await ws.recv() == "b"
         assert len(echo.sessions) == 2
         assert len(store) == 1  # the expired session is gone
+
+
+def resume_and_close(port: int, resume: dict[str, str]) -> tuple[int, dict[str, str]]:
+    """Resume a session by hand from a socket with a small receive buffer, so that the
+    server's resend soon waits on it; close with 1000 right after the 101, before reading
+    anything; then read to the end, as a closing client does. Blocking: run it in a
+    thread. The status and headers of the response."""
+    mask = b"\x1f\x2e\x3d\x4c"  # RFC 6455 5.5.1: a client's close frame, masked
+    code = struct.pack("!H", 1000)
+    close = b"\x88\x82" + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(code))
+    key = base64.b64encode(os.urandom(16)).decode()
+    extra = "".join(f"{name}: {value}\r\n" for name, value in resume.items())
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect
+        sock.settimeout(TIMEOUT)
+        sock.connect(("127.0.0.1", port))
+        sock.sendall(
+            (
+                f"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                f"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: {SUBPROTOCOL}\r\n"
+                f"{extra}\r\n"
+            ).encode()
+        )
+        head = b""
+        while b"\r\n\r\n" not in head:  # bounded by the socket's timeout and EOF
+            byte = sock.recv(1)  # byte by byte: read nothing past the head yet
+            assert byte, f"the server closed before its response ended: {head!r}"
+            head += byte
+        sock.sendall(close)
+        while sock.recv(1 << 16):  # to the end; a timeout raises
+            pass
+    lines = head.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), {k.lower(): v for k, v in headers.items()}
+
+
+async def test_a_normal_close_while_the_server_resends_ends_the_session() -> None:
+    """A client that resumes and closes normally (1000) while the server is still resending
+    what it lacked has ended its session, as on a link that was serving: the handler's
+    iteration ends at once, not after the session TTL (60 s) that a lost link waits for.
+    Sometimes websockets sees the close before it would run a handler for the link, and
+    runs none: the server's housekeeping (1 s) ends the session then. (The chaos test's
+    rare last wait: the client closed just after its last resume.)"""
+    chunk = b"r" * (64 << 10)
+    away = anyio.Event()
+    filled = anyio.Event()
+    ended = anyio.Event()
+    outcome: list[BaseException | None] = []
+
+    async def handler(session: ServerSession) -> None:
+        try:
+            await away.wait()
+            for _ in range(256):  # 16 MiB: all kept (below), more than the kernel buffers
+                await session.send(chunk)
+            filled.set()
+            async for _ in session:
+                pass
+            outcome.append(None)
+        except Exception as exc:
+            outcome.append(exc)
+            raise
+        finally:
+            ended.set()
+
+    with capture_logs() as logs, anyio.fail_after(TIMEOUT):
+        # Tuned: the resend must outlast what the sockets' buffers take (up to 4 MiB of
+        # send buffer here), which a resend within the default 4 MiB bound may not.
+        replay = Replay(max_bytes=32 << 20)
+        async with resilient_ws.serve(handler, "127.0.0.1", 0, replay=replay) as server:
+            status, grant, stream = await raw_handshake(server.port)
+            assert status == 101
+            await stream.aclose()  # away: the session waits for the client
+            away.set()
+            await filled.wait()
+            resume = {
+                "RWS-Session": grant["rws-session"],
+                "RWS-Token": grant["rws-token"],
+                "RWS-Received": "0",
+                "RWS-Replay-From": "1",
+            }
+            status, headers = await anyio.to_thread.run_sync(resume_and_close, server.port, resume)
+            assert (status, headers["rws-resumed"]) == (101, "1")
+            await ended.wait()
+    assert outcome == [None]
+    # The close came during the resend (no session_resumed), and ended the session.
+    detached = [e for e in logs if e["event"] == "resilient_ws.session_detached"]
+    assert [(e["code"], e["outcome"]) for e in detached[1:]] == [(1000, "ended")]
+    assert not [e for e in logs if e["event"] == "resilient_ws.session_resumed"]
 
 
 async def test_an_oversize_message_is_sent_unkept_and_its_loss_is_a_gap_on_the_server() -> None:

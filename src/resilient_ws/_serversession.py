@@ -259,7 +259,8 @@ class ServerSession(MessageIterator):
 
         Raises:
             LinkClosed: The link was superseded (another resume was granted since) or
-                died during the resend.
+                closed during the resend. A client that closed it normally (1000, 1001)
+                ended the session, as on a link that served (:meth:`link_ended`).
         """
         self.links += 1
         if not self.replay:
@@ -276,6 +277,12 @@ class ServerSession(MessageIterator):
         except _backend.ConnectionClosed:
             link.retire()
             self.abandon_grant(resuming)
+            # A close frame fails the next send at once, before the close is over and
+            # its code known: wait for it (bounded) to tell an end from a loss.
+            _backend.resume_reading(raw)
+            with anyio.move_on_after(_backend.EXIT_TIMEOUT):
+                await raw.wait_closed()
+            self._closed(raw)
             raise _backend.link_closed_error(raw) from None
         self.resent += len(resend)
         self._overflow_mark = self.outbound.overflowed
@@ -289,8 +296,25 @@ class ServerSession(MessageIterator):
         ``"superseded"`` by a newer one."""
         if self._raw is not raw:
             return "superseded"
-        code = _backend.link_closed_error(raw).code
         self._detach()
+        return self._closed(raw)
+
+    def grant_closed(self, resuming: RawLink) -> Literal["ended", "detached", "superseded"]:
+        """The link a resume was granted to closed before it served: websockets runs no
+        handler for a link closed during its opening handshake. The session ``"ended"`` if
+        the client closed it normally, is ``"detached"`` otherwise, or the grant was
+        already ``"superseded"`` by a newer one."""
+        if self._resuming is not resuming:
+            return "superseded"
+        self.abandon_grant(resuming)
+        return self._closed(resuming)
+
+    def _closed(self, raw: RawLink) -> Literal["ended", "detached"]:
+        """``raw``, the session's link or one granted to it, closed: whether that ended
+        the session or leaves it waiting for the client."""
+        code = _backend.link_closed_error(raw).code
+        if _backend.ended_by_peer(raw) in (1000, 1001):
+            code = 1000  # the client said goodbye; the TCP connection went before we did
         if code in (1000, 1001):
             self._end(ConnectionClosedOK("the client closed the session"))
             return "ended"

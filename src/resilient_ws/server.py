@@ -390,9 +390,23 @@ class Server:
             self._tasks.start_soon(_backend.close_link, old, TAKEN_OVER, "session taken over")
 
     def _drop_stale_grants(self, now: float) -> None:
-        """A granted link whose handshake never completed must not hold the session."""
+        """A granted link whose handshake never completed, or that closed before its
+        handler ran (websockets then runs none), must not hold the session."""
         for connection, (session, _, granted_at) in list(self._granted.items()):
-            if now - granted_at >= self._open_timeout:
+            if _backend.closing(connection):
+                del self._granted[connection]
+                outcome = session.grant_closed(connection)
+                assert session.id is not None
+                code = _backend.ended_by_peer(connection)
+                if code is None:
+                    code = _backend.link_closed_error(connection).code
+                log("session_detached", session_id=session.id, code=code,
+                    reason=connection.close_reason or "", outcome=outcome)  # fmt: skip
+                if outcome == "ended":
+                    self.sessions.close(session.id)
+                else:
+                    self._detach_if_away(session)
+            elif now - granted_at >= self._open_timeout:
                 del self._granted[connection]
                 session.abandon_grant(connection)
                 self._detach_if_away(session)
@@ -451,6 +465,8 @@ class Server:
 
     async def _serve_link(self, connection: Any) -> None:
         granted = self._granted.pop(connection, None)
+        if granted is None and connection.subprotocol == SUBPROTOCOL:
+            return  # a replay link whose grant was dropped as stale: it is closing
         if granted is None:
             session = ServerSession(session_id=None, policy=None, request=connection.request)
             await session.attach(connection, None)
@@ -460,7 +476,15 @@ class Server:
         try:
             replay = await session.attach(connection, connection if resumed else None)
         except LinkClosed as exc:
-            self._detach_if_away(session)
+            assert session.id is not None
+            if session.ended:  # the client closed it normally during the resend
+                self.sessions.close(session.id)
+                outcome = "ended"
+            else:
+                self._detach_if_away(session)
+                outcome = "superseded" if exc.code == TAKEN_OVER else "detached"
+            log("session_detached", session_id=session.id, code=exc.code, reason=exc.reason,
+                outcome=outcome)  # fmt: skip
             await _backend.close_link(connection, exc.code, exc.reason)
             return
         assert replay is not None

@@ -864,6 +864,20 @@ def link_closed_error(raw: RawLink) -> LinkClosed:
     return LinkClosed(ABNORMAL_CLOSURE if code is None else code, raw.close_reason or "")
 
 
+def closing(raw: Any) -> bool:
+    """Whether the link has left the open state: a close frame came or went, or the
+    connection is gone. (websockets runs no handler for a link in that state once its
+    opening handshake is over.)"""
+    return raw.protocol.state in (State.CLOSING, State.CLOSED)
+
+
+def ended_by_peer(raw: RawLink) -> int | None:
+    """The code of the close frame the peer sent, when one came: the peer's intent, even
+    where the closing handshake did not complete (websockets then reports 1006)."""
+    received = getattr(getattr(raw, "protocol", None), "close_rcvd", None)
+    return None if received is None else int(received.code)
+
+
 POISONED = frozenset({1007, 1009})
 """Close codes of a link ended by a message it carried (invalid UTF-8, too big): resending
 the message would end the next link too."""
