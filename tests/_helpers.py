@@ -37,19 +37,27 @@ async def raw_handshake(
     ``headers`` besides, by hand; the response's status, its headers (lowercase names)
     and the stream."""
     stream = await anyio.connect_tcp("127.0.0.1", port, local_host=source)
-    key = base64.b64encode(os.urandom(16)).decode()
-    extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
-    await stream.send(
-        (
-            f"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-            f"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: {SUBPROTOCOL}\r\n"
-            f"{extra}\r\n"
-        ).encode()
-    )
+    await stream.send(handshake_request(headers or {}))
     head = b""
     while b"\r\n\r\n" not in head:
         head += await stream.receive()
+    return (*parse_response_head(head), stream)
+
+
+def handshake_request(headers: dict[str, str]) -> bytes:
+    """An opening handshake offering the replay protocol, with ``headers`` besides."""
+    key = base64.b64encode(os.urandom(16)).decode()
+    extra = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+    return (
+        f"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+        f"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: {SUBPROTOCOL}\r\n"
+        f"{extra}\r\n"
+    ).encode()
+
+
+def parse_response_head(head: bytes) -> tuple[int, dict[str, str]]:
+    """The status and headers (lowercase names) of an HTTP response's head."""
     lines = head.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
     headers = dict(line.split(": ", 1) for line in lines[1:])
-    return int(lines[0].split()[1]), {k.lower(): v for k, v in headers.items()}, stream
+    return int(lines[0].split()[1]), {k.lower(): v for k, v in headers.items()}

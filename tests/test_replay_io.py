@@ -6,9 +6,7 @@ from websockets' own client and server, speaking the protocol (or breaking it) b
 
 from __future__ import annotations
 
-import base64
 import logging
-import os
 import socket
 import struct
 from collections.abc import AsyncIterator, Mapping
@@ -18,7 +16,14 @@ from typing import Any
 import anyio
 import anyio.abc
 import pytest
-from _helpers import FAST, TIMEOUT, next_event, raw_handshake
+from _helpers import (
+    FAST,
+    TIMEOUT,
+    handshake_request,
+    next_event,
+    parse_response_head,
+    raw_handshake,
+)
 from structlog.testing import capture_logs
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
@@ -393,20 +398,11 @@ def resume_and_close(port: int, resume: dict[str, str]) -> tuple[int, dict[str, 
     mask = b"\x1f\x2e\x3d\x4c"  # RFC 6455 5.5.1: a client's close frame, masked
     code = struct.pack("!H", 1000)
     close = b"\x88\x82" + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(code))
-    key = base64.b64encode(os.urandom(16)).decode()
-    extra = "".join(f"{name}: {value}\r\n" for name, value in resume.items())
     with socket.socket() as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect
         sock.settimeout(TIMEOUT)
         sock.connect(("127.0.0.1", port))
-        sock.sendall(
-            (
-                f"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                f"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: {SUBPROTOCOL}\r\n"
-                f"{extra}\r\n"
-            ).encode()
-        )
+        sock.sendall(handshake_request(resume))
         head = b""
         while b"\r\n\r\n" not in head:  # bounded by the socket's timeout and EOF
             byte = sock.recv(1)  # byte by byte: read nothing past the head yet
@@ -415,9 +411,7 @@ def resume_and_close(port: int, resume: dict[str, str]) -> tuple[int, dict[str, 
         sock.sendall(close)
         while sock.recv(1 << 16):  # to the end; a timeout raises
             pass
-    lines = head.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
-    headers = dict(line.split(": ", 1) for line in lines[1:])
-    return int(lines[0].split()[1]), {k.lower(): v for k, v in headers.items()}
+    return parse_response_head(head)
 
 
 async def test_a_normal_close_while_the_server_resends_ends_the_session() -> None:

@@ -11,10 +11,13 @@ import logging
 import re
 import sys
 import traceback
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import structlog
+
+if TYPE_CHECKING:
+    from .events import Event
 
 __all__ = ["configure_json_logging", "log", "log_error", "redact_url"]
 
@@ -56,6 +59,14 @@ def log(event: str, level: int = logging.INFO, **fields: Any) -> None:
     elif _stdlib_logger.isEnabledFor(level):
         detail = " ".join(f"{key}={value!r}" for key, value in fields.items())
         _stdlib_logger.log(level, "%s %s", name, detail, extra={"resilient_ws": fields})
+
+
+def log_event(event: Event, /, **context: Any) -> None:
+    """Log a lifecycle event: its :attr:`~resilient_ws.Event.log_name`, level and fields,
+    after the ``context`` fields (``connection_id``); nothing for an event not logged."""
+    name = event.log_name
+    if name is not None:
+        log(name, event.log_level, **context, **event.log_fields())
 
 
 def log_error(event: str, exc: BaseException, **fields: Any) -> None:

@@ -30,7 +30,7 @@ from ._io import backend as _backend
 from ._io.backend import RawLink
 from ._io.replaylink import ReplayLink
 from ._io.signals import MessageIterator, Signal
-from ._logging import log
+from ._logging import log, log_event
 from .config import Replay
 from .events import Gap
 from .exceptions import ConnectionClosed, ConnectionClosedOK, ConnectionFailed, LinkClosed
@@ -235,12 +235,10 @@ class ServerSession(MessageIterator):
             assert self.id is not None  # only replay sessions resume
             if self._gaps is None:
                 self._gaps = deque(maxlen=_MAX_GAPS)
-            self._gaps.append(
-                Gap(at=anyio.current_time(), session_id=self.id, first=gap.first,
-                    last=gap.last, reason="overflow")
-            )  # fmt: skip
-            log("messages_lost", logging.WARNING, session_id=self.id, first=gap.first,
-                last=gap.last, reason="overflow")  # fmt: skip
+            lost = Gap(at=anyio.current_time(), session_id=self.id, first=gap.first,
+                       last=gap.last, reason="overflow")  # fmt: skip
+            self._gaps.append(lost)
+            log_event(lost)
         old = self._raw
         self._detach()
         return old

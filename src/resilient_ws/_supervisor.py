@@ -79,7 +79,7 @@ class Session(Protocol):
         """Flush what is queued, then close ``raw`` with the application's code."""
 
     def _emit(self, event: Event) -> None:
-        """Record a lifecycle event."""
+        """Record a lifecycle event, in the event history and the log."""
 
 
 class Supervisor:
@@ -217,13 +217,6 @@ class Supervisor:
         self._session._emit(
             Reconnecting(at=anyio.current_time(), attempt=attempt, delay=delay, url=url)
         )
-        log(
-            "reconnect_scheduled",
-            connection_id=self._session.connection_id,
-            attempt=attempt,
-            delay=delay,
-            url=url,
-        )
 
     async def _attempt(self) -> None:
         url = self.url = self._urls[self._url_index]
@@ -235,12 +228,6 @@ class Supervisor:
         attempt = self.failures + 1
         shown = self._redacted[url]
         self._session._emit(Connecting(at=anyio.current_time(), url=shown, attempt=attempt))
-        log(
-            "connect_started",
-            connection_id=self._session.connection_id,
-            url=shown,
-            attempt=attempt,
-        )
         self._opened_at = None
         try:
             await self._open_and_serve(url)
@@ -308,14 +295,6 @@ class Supervisor:
                 subprotocol=raw.subprotocol,
                 flushed=flushed,
             )
-        )
-        log(
-            "link_opened",
-            connection_id=self._session.connection_id,
-            url=shown,
-            link=number,
-            subprotocol=raw.subprotocol,
-            flushed=flushed,
         )
         await self._session._publish(raw, number)
 
@@ -438,20 +417,6 @@ class Supervisor:
                 uptime=uptime,
                 timeout=timeout,
             )
-        )
-        log(
-            "link_closed" if uptime is not None else "connect_failed",
-            logging.WARNING if fatal else logging.INFO,
-            connection_id=self._session.connection_id,
-            url=shown,
-            cause=str(error),
-            error_type=type(error).__name__,
-            code=getattr(error, "code", None),
-            status=getattr(error, "status", None),
-            fatal=fatal,
-            verdict=verdict,
-            uptime=uptime,
-            timeout=timeout,
         )
 
 

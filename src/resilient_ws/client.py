@@ -37,7 +37,7 @@ from ._io.lag import LoopLagMonitor
 from ._io.link import Link, OnConnect
 from ._io.replaylink import ReplayLink
 from ._io.signals import MessageIterator, Signal
-from ._logging import log, redact_url
+from ._logging import log, log_event, redact_url
 from ._supervisor import Supervisor
 from .config import Backoff, Failover, Keepalive, Replay, SendQueue
 from .events import (
@@ -563,7 +563,6 @@ class Connection(MessageIterator):
                 count, dropped = self._outbox.make_room(size)
                 self._dropped += count
                 self._emit(MessagesDropped(at=anyio.current_time(), count=count, size=dropped))
-                log("messages_dropped", connection_id=self.connection_id, count=count, size=dropped)
                 break
             await self._changed.wait()
             self._check_sendable()
@@ -664,16 +663,6 @@ class Connection(MessageIterator):
             Resent(at=anyio.current_time(), link=link, resent=count, uncertain=resend.uncertain,
                    overflowed=resend.overflowed, evidence=evidence)
         )  # fmt: skip
-        log(
-            "messages_resent",
-            logging.WARNING if resend.overflowed else logging.INFO,
-            connection_id=self.connection_id,
-            link=link,
-            resent=count,
-            uncertain=resend.uncertain,
-            overflowed=resend.overflowed,
-            evidence=evidence,
-        )
 
     # ---- serving the supervisor (the Session protocol) -----------------------------------
 
@@ -737,13 +726,6 @@ class Connection(MessageIterator):
             Resumed(at=anyio.current_time(), session_id=resumption.session_id, link=number,
                     resent=resent)
         )  # fmt: skip
-        log(
-            "session_resumed",
-            connection_id=self.connection_id,
-            session_id=resumption.session_id,
-            link=number,
-            resent=resent,
-        )
         assert replay.raw is raw
         return False
 
@@ -757,15 +739,6 @@ class Connection(MessageIterator):
             Gap(at=anyio.current_time(), session_id=session_id, first=gap.first,
                 last=gap.last, reason=reason)
         )  # fmt: skip
-        log(
-            "messages_lost",
-            logging.WARNING,
-            connection_id=self.connection_id,
-            session_id=session_id,
-            first=gap.first,
-            last=gap.last,
-            reason=reason,
-        )
 
     def _report_loss(self, resumption: Resumption) -> None:
         """A session was lost: report the gap and the messages of unknown fate."""
@@ -796,14 +769,6 @@ class Connection(MessageIterator):
             SessionLost(at=anyio.current_time(), session_id=resumption.lost_session,
                         unacked=count, resent=resent)
         )  # fmt: skip
-        log(
-            "session_lost",
-            logging.WARNING,
-            connection_id=self.connection_id,
-            session_id=resumption.lost_session,
-            unacked=count,
-            resent=resent,
-        )
 
     def _readable(self, raw: RawLink, number: int) -> None:
         self._links.append((raw, number, self._numbering(raw)))
@@ -865,7 +830,6 @@ class Connection(MessageIterator):
                     count += 1
             if count:
                 self._emit(InboundDropped(at=anyio.current_time(), link=number, count=count))
-                log("inbound_dropped", connection_id=self.connection_id, link=number, count=count)
 
     def _finish(self, error: ConnectionClosed) -> None:
         self._error = error
@@ -879,17 +843,13 @@ class Connection(MessageIterator):
         self.undelivered = self._outbox.clear()
         cause = error.cause
         self._emit(Closed(at=anyio.current_time(), cause=cause, undelivered=len(self.undelivered)))
-        log(
-            "connection_closed",
-            connection_id=self.connection_id,
-            cause=None if cause is None else str(cause),
-            undelivered=len(self.undelivered),
-        )
         self._finished.set()
         self._changed.notify()
 
     def _emit(self, event: Event) -> None:
+        """One lifecycle step: into the event history and the log."""
         self._history.append(event)
+        log_event(event, connection_id=self.connection_id)
 
 
 def connect(

@@ -12,7 +12,9 @@ A normal life::
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar
 
 from .exceptions import LinkError
 
@@ -39,11 +41,31 @@ __all__ = [
 class Event:
     """Base of every lifecycle event.
 
+    Each event is also one log event (``docs/events.md``): :attr:`log_name`,
+    :attr:`log_level` and :meth:`log_fields` say which, so that one emit feeds both.
+
     Attributes:
         at: Event-loop time of the event, in seconds.
     """
 
     at: float
+
+    _log_name: ClassVar[str | None] = None
+
+    @property
+    def log_name(self) -> str | None:
+        """The log event's name after ``resilient_ws.``, or ``None`` for an event that is
+        not logged (:class:`EventsMissed`: one subscriber's view, not the connection's)."""
+        return self._log_name
+
+    @property
+    def log_level(self) -> int:
+        """The log event's level (``logging.INFO`` unless the event is a warning)."""
+        return logging.INFO
+
+    def log_fields(self) -> dict[str, Any]:
+        """The log event's fields: the event's own but ``at``, in order."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "at"}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -57,6 +79,8 @@ class Connecting(Event):
             after a link that stayed up for ``Backoff.stable_after``, the first reconnect is
             attempt 2.
     """
+
+    _log_name = "connect_started"
 
     url: str
     attempt: int
@@ -72,6 +96,8 @@ class Connected(Event):
         subprotocol: The negotiated subprotocol, if any.
         flushed: Messages sent from the send queue when the link came up.
     """
+
+    _log_name = "link_opened"
 
     url: str
     link: int
@@ -98,6 +124,25 @@ class Disconnected(Event):
             if it never opened or without ``keepalive``).
     """
 
+    @property
+    def log_name(self) -> str:
+        """``link_closed`` for a link that was open, ``connect_failed`` for an attempt."""
+        return "link_closed" if self.uptime is not None else "connect_failed"
+
+    @property
+    def log_level(self) -> int:
+        """A warning when fatal."""
+        return logging.WARNING if self.fatal else logging.INFO
+
+    def log_fields(self) -> dict[str, Any]:
+        """The fields, with the cause as text and its type, close code and HTTP status."""
+        cause = self.cause
+        return dict(
+            url=self.url, cause=str(cause), error_type=type(cause).__name__,
+            code=getattr(cause, "code", None), status=getattr(cause, "status", None),
+            fatal=self.fatal, verdict=self.verdict, uptime=self.uptime, timeout=self.timeout,
+        )  # fmt: skip
+
     url: str
     cause: LinkError
     fatal: bool
@@ -116,6 +161,8 @@ class Reconnecting(Event):
         url: The URL it will try, secrets redacted.
     """
 
+    _log_name = "reconnect_scheduled"
+
     attempt: int
     delay: float
     url: str
@@ -131,10 +178,19 @@ class PeerStalled(Event):
         url: The URL of the link, secrets redacted.
         evidence: What the verdict rests on: ``"tcp_acked"`` (the server's kernel ACKed our
             probe), ``"zero_window"`` or ``"peer_lag"`` (the server reported loop lag).
+        timeout: The pong wait that ran out, seconds.
     """
+
+    _log_name = "peer_stalled"
+
+    @property
+    def log_level(self) -> int:
+        """A warning."""
+        return logging.WARNING
 
     url: str
     evidence: str
+    timeout: float | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -145,6 +201,8 @@ class PeerRecovered(Event):
         url: The URL of the link, secrets redacted.
         stalled_for: Seconds from the stall verdict to the first frame after it.
     """
+
+    _log_name = "peer_recovered"
 
     url: str
     stalled_for: float
@@ -158,6 +216,8 @@ class MessagesDropped(Event):
         count: Messages dropped.
         size: Their total payload bytes.
     """
+
+    _log_name = "messages_dropped"
 
     count: int
     size: int
@@ -175,6 +235,8 @@ class InboundDropped(Event):
         count: Messages dropped.
     """
 
+    _log_name = "inbound_dropped"
+
     link: int
     count: int
 
@@ -187,6 +249,13 @@ class Closed(Event):
         cause: The fatal link error, or ``None`` when the application closed it.
         undelivered: Queued messages never sent; also in ``Connection.undelivered``.
     """
+
+    _log_name = "connection_closed"
+
+    def log_fields(self) -> dict[str, Any]:
+        """The fields, with the cause as text."""
+        return dict(cause=None if self.cause is None else str(self.cause),
+                    undelivered=self.undelivered)  # fmt: skip
 
     cause: LinkError | None
     undelivered: int
@@ -213,6 +282,8 @@ class Resumed(Event):
         resent: How many of our messages were sent again because the server lacked them.
     """
 
+    _log_name = "session_resumed"
+
     session_id: str
     link: int
     resent: int
@@ -235,6 +306,13 @@ class Gap(Event):
             ``"session_lost"``.
     """
 
+    _log_name = "messages_lost"
+
+    @property
+    def log_level(self) -> int:
+        """A warning."""
+        return logging.WARNING
+
     session_id: str
     first: int
     last: int | None
@@ -256,6 +334,13 @@ class SessionLost(Event):
             (``Replay.resend_on_loss``); the others were already dropped from the replay
             buffer on overflow.
     """
+
+    _log_name = "session_lost"
+
+    @property
+    def log_level(self) -> int:
+        """A warning."""
+        return logging.WARNING
 
     session_id: str
     unacked: int
@@ -283,6 +368,13 @@ class Resent(Event):
             ``"send_queue"`` (the link was dropped with nothing unsent or unacknowledged)
             or ``"none"`` (unknown: every message the link kept is sent again).
     """
+
+    _log_name = "messages_resent"
+
+    @property
+    def log_level(self) -> int:
+        """A warning when messages may be lost (``overflowed``)."""
+        return logging.WARNING if self.overflowed else logging.INFO
 
     link: int
     resent: int

@@ -62,7 +62,7 @@ from ._io import taskgroup as _taskgroup
 from ._io.keepalive import LinkKeepalive
 from ._io.lag import LoopLagMonitor, Stall, StallWatchdog
 from ._io.replaylink import ReplayLink
-from ._logging import log, log_error
+from ._logging import log, log_error, log_event
 from ._serversession import TAKEN_OVER, ServerSession
 from .config import Keepalive, Replay
 from .exceptions import LinkClosed, ProtocolViolation
@@ -585,13 +585,15 @@ class Server:
             connection.on_ping = self._answer_probe
         if self._keepalive is None:
             return None
+        connection_id = secrets.token_hex(4)
         keepalive = LinkKeepalive(
             connection,
             self._keepalive,
             url=f"peer:{_backend.peer_address(connection)}",
-            connection_id=secrets.token_hex(4),
+            connection_id=connection_id,
             kernel_set=self._inherit_keepalive,
-            emit=lambda event: None,
+            # No event history on a server link: its events go to the log alone.
+            emit=functools.partial(log_event, connection_id=connection_id),
             monitor=self.monitor,
             # Its clients probe the links they use; the kernel watches idle ones.
             quiet=math.inf,

@@ -325,27 +325,16 @@ class LinkKeepalive:
         if diagnosis.verdict is not Verdict.SERVER_STALLED or self._announced_stall:
             return
         self._announced_stall = True
-        self._emit(PeerStalled(at=self._now(), url=self._url, evidence=diagnosis.evidence))
-        log(
-            "peer_stalled",
-            logging.WARNING,
-            connection_id=self._connection_id,
-            url=self._url,
-            evidence=diagnosis.evidence,
-            timeout=self.liveness.timeout,
-        )
+        self._emit(
+            PeerStalled(at=self._now(), url=self._url, evidence=diagnosis.evidence,
+                        timeout=self.liveness.timeout)
+        )  # fmt: skip
 
     def _proof_of_life(self, stalled_for: float | None) -> None:
         if stalled_for is None or not self._announced_stall:
             return
         self._announced_stall = False
         self._emit(PeerRecovered(at=self._now(), url=self._url, stalled_for=stalled_for))
-        log(
-            "peer_recovered",
-            connection_id=self._connection_id,
-            url=self._url,
-            stalled_for=stalled_for,
-        )
 
     def _gave_up(self, diagnosis: Diagnosis) -> None:
         log(
