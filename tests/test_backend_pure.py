@@ -185,3 +185,19 @@ def test_unrelated_exceptions_are_reraised_unchanged(exc: BaseException) -> None
     with pytest.raises(type(exc)) as info:
         translate(exc)
     assert info.value is exc
+
+
+@pytest.mark.parametrize("option", ["ping_interval", "ping_timeout"])
+def test_websockets_keepalive_beside_ours_is_refused_on_both_sides(option: str) -> None:
+    """Two keepalives would fight over the same link: say so when the option is passed,
+    on the client and the server; with ``keepalive=None`` websockets' own is the one."""
+
+    async def handler(session: resilient_ws.ServerSession) -> None:
+        pass
+
+    with pytest.raises(TypeError, match="conflict with keepalive="):
+        resilient_ws.connect("ws://127.0.0.1:1/", **{option: 5.0})
+    with pytest.raises(TypeError, match="conflict with keepalive="):
+        resilient_ws.serve(handler, "127.0.0.1", 0, **{option: 5.0})
+    resilient_ws.connect("ws://127.0.0.1:1/", keepalive=None, **{option: 5.0})
+    resilient_ws.serve(handler, "127.0.0.1", 0, keepalive=None, **{option: 5.0})

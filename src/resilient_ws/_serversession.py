@@ -25,7 +25,7 @@ import anyio
 from anyio.lowlevel import checkpoint
 
 from ._core.outbox import Message, payload_size
-from ._core.replay import Budget, Inbound, LostRange, Outbound
+from ._core.replay import Budget, LostRange, buffers
 from ._io import backend as _backend
 from ._io.backend import RawLink
 from ._io.replaylink import ReplayLink
@@ -70,8 +70,7 @@ class ServerSession(MessageIterator):
         self.replay = policy is not None
         self.request = request
         policy = policy or Replay()
-        self.outbound = Outbound(policy.max_messages, policy.max_bytes, budget)
-        self.inbound = Inbound(policy.ack_every, policy.ack_delay)
+        self.outbound, self.inbound = buffers(policy, budget)
         self._raw: RawLink | None = None
         self._link: ReplayLink | None = None
         # The link a resume was granted to, until it serves (or gives up).

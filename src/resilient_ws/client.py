@@ -65,8 +65,6 @@ __all__ = ["Connection", "ConnectionStats", "Link", "OnConnect", "connect"]
 
 # Options that resilient_ws owns; passing them through would break its guarantees.
 _RESERVED_OPTIONS = frozenset({"create_connection", "process_exception", "reconnect_delays"})
-# websockets' fixed keepalive, replaced by Keepalive unless keepalive=None.
-_WEBSOCKETS_KEEPALIVE = frozenset({"ping_interval", "ping_timeout"})
 # Events kept for subscribers that start iterating late or fall behind.
 _EVENT_HISTORY = 256
 # Longest a close (flush, closing handshake) may take when leaving ``async with``.
@@ -910,11 +908,7 @@ def connect(
     reserved = _RESERVED_OPTIONS & websockets_options.keys()
     if reserved:
         raise TypeError(f"resilient_ws manages these options itself: {sorted(reserved)}")
-    if keepalive is not None:
-        pings = _WEBSOCKETS_KEEPALIVE & websockets_options.keys()
-        if pings:
-            raise TypeError(f"{sorted(pings)} conflict with keepalive=; pass keepalive=None")
-        websockets_options.update(ping_interval=None, ping_timeout=None)
+    _backend.keepalive_off(websockets_options, keepalive)
     return Connection(
         [url] if url is not None else list(urls or ()),
         backoff=backoff,

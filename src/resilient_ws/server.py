@@ -257,8 +257,7 @@ class Server:
     async def _start(self) -> Any:
         options = dict(self._options)
         options["create_connection"] = _backend.connection_class("server", _backend.is_trio())
-        if self._keepalive is not None:
-            options.update(ping_interval=None, ping_timeout=None)
+        _backend.keepalive_off(options, self._keepalive)
         if self._replay is not None:
             options["select_subprotocol"] = _select_subprotocol(
                 options.pop("subprotocols", None), options.get("select_subprotocol")
@@ -825,8 +824,7 @@ def serve(
         **websockets_options: Passed to websockets' ``serve`` (``process_request``,
             ``process_response``, ``max_size``...).
     """
-    if keepalive is not None and {"ping_interval", "ping_timeout"} & websockets_options.keys():
-        raise TypeError("ping_interval/ping_timeout conflict with keepalive=; pass keepalive=None")
+    _backend.keepalive_off(dict(websockets_options), keepalive)  # fails now, not at start
     return Server(
         handler,
         host,

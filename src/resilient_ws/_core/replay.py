@@ -36,6 +36,7 @@ from bisect import bisect_left
 from dataclasses import dataclass
 from typing import cast
 
+from ..config import Replay
 from ..exceptions import ProtocolViolation
 from .outbox import Message
 from .protocol import ACK_OUT_OF_RANGE, MALFORMED
@@ -46,6 +47,7 @@ __all__ = [
     "LostRange",
     "Inbound",
     "Outbound",
+    "buffers",
 ]
 
 
@@ -538,3 +540,12 @@ class Inbound:
         """A resume or a new session: the next link arms its own ack timer."""
         self._timer = None
         self._linger = False
+
+
+def buffers(policy: Replay, budget: Budget | None = None) -> tuple[Outbound, Inbound]:
+    """One side's replay state for a new session, sized by ``policy``: what it sends
+    (bounded, charged to ``budget`` if given) and what it receives."""
+    return (
+        Outbound(policy.max_messages, policy.max_bytes, budget),
+        Inbound(policy.ack_every, policy.ack_delay),
+    )

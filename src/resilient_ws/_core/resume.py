@@ -14,7 +14,7 @@ from ..config import Replay
 from ..exceptions import ProtocolViolation
 from .outbox import Message
 from .protocol import ACK_OUT_OF_RANGE, Grant, Resume, resume_headers
-from .replay import Inbound, LostRange, Outbound
+from .replay import LostRange, buffers
 
 __all__ = ["ClientSession", "Resumption"]
 
@@ -54,8 +54,7 @@ class ClientSession:
     """
 
     def __init__(self, policy: Replay) -> None:
-        self.outbound = Outbound(policy.max_messages, policy.max_bytes)
-        self.inbound = Inbound(policy.ack_every, policy.ack_delay)
+        self.outbound, self.inbound = buffers(policy)
         self.id: str | None = None
         """The session id the server granted; ``None`` before the first replay link."""
         self._token: str | None = None

@@ -878,6 +878,24 @@ def ended_by_peer(raw: RawLink) -> int | None:
     return None if received is None else int(received.code)
 
 
+WEBSOCKETS_KEEPALIVE = frozenset({"ping_interval", "ping_timeout"})
+"""websockets' own fixed keepalive, replaced by :class:`~resilient_ws.Keepalive`."""
+
+
+def keepalive_off(options: dict[str, Any], keepalive: object | None) -> None:
+    """With ``keepalive`` in charge, turn websockets' own keepalive off in ``options``.
+
+    Raises:
+        TypeError: ``options`` set websockets' keepalive too: two keepalives would fight.
+    """
+    if keepalive is None:
+        return
+    both = WEBSOCKETS_KEEPALIVE & options.keys()
+    if both:
+        raise TypeError(f"{sorted(both)} conflict with keepalive=; pass keepalive=None")
+    options.update(ping_interval=None, ping_timeout=None)
+
+
 POISONED = frozenset({1007, 1009})
 """Close codes of a link ended by a message it carried (invalid UTF-8, too big): resending
 the message would end the next link too."""
