@@ -740,7 +740,7 @@ async def test_hostile_control_messages_close_only_their_link(
 # websockets' reader still held frames it had parsed when the closing task closed its
 # message stream, and logged "unexpected internal error" (EOFError "stream of frames
 # ended") putting the next one into it, for about 3 % of such links (none in 400 on
-# asyncio). _backend._Recording.process_event drops data frames once the stream is closed.
+# asyncio). _io.hooks._Recording.process_event drops data frames once the stream is closed.
 RACE = Controls((("pong", b"rws1 ack=4"), ("ping", b""), ("ping", b""), ("ping", b"")), True)
 
 

@@ -586,15 +586,16 @@ async def test_control_frames_sent_without_waiting_arrive_in_order(
     """A burst of send_control() (probes, acks, beacons are sent so) reaches the peer in
     order; on trio one flush task per link writes the burst, not a task per frame."""
     from resilient_ws._io import backend as _backend
+    from resilient_ws._io import hooks
 
     flushes: list[object] = []
-    flush = _backend._flush_queued
+    flush = hooks._flush_queued
 
     async def counted(link: Any) -> None:
         flushes.append(link)
         await flush(link)
 
-    monkeypatch.setattr(_backend, "_flush_queued", counted)
+    monkeypatch.setattr(hooks, "_flush_queued", counted)
     pongs: list[bytes] = []
     answered = anyio.Event()
     sent = [b"probe %d" % i for i in range(200)]

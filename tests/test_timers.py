@@ -1,4 +1,4 @@
-"""The event loop's shared timers (``_timers``): order, cancellation, failures, lifetime."""
+"""The event loop's shared timers (``_io.timers``): order, cancellation, failures, lifetime."""
 
 from __future__ import annotations
 

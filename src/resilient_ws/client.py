@@ -3,7 +3,7 @@
 The client's I/O layer is this module (what the application sees: sending, the send queue,
 receiving across links, closing, events) and :mod:`resilient_ws._supervisor` (the reconnect
 loop). Only they sleep, read the clock or touch websockets connections, through
-:mod:`resilient_ws._backend`. The decisions they act on come from the pure modules: the
+:mod:`resilient_ws._io.backend`. The decisions they act on come from the pure modules: the
 state table, the backoff arithmetic, the classifier and the outbox.
 """
 

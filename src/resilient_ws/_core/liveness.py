@@ -80,7 +80,7 @@ class Verdict(enum.Enum):
 
 
 class TcpEvidence(Protocol):
-    """The TCP state of the connection's socket (see ``resilient_ws._tcpinfo.TcpInfo``)."""
+    """The TCP state of the connection's socket (see ``resilient_ws._core.tcpinfo.TcpInfo``)."""
 
     @property
     def unacked(self) -> int: ...

@@ -199,7 +199,7 @@ class Outbound:
 
         Args:
             message: The payload, as the application gave it.
-            size: Its size in bytes (see :func:`resilient_ws._outbox.payload_size`).
+            size: Its size in bytes (see :func:`resilient_ws._core.outbox.payload_size`).
 
         Returns:
             The message's number in the session.

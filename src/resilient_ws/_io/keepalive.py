@@ -2,7 +2,7 @@
 
 Part of the I/O layer of the client and of serve(): it reads the clock and the socket's
 TCP state, and sends pings, from the event loop's shared timers (no task per link). Every
-decision comes from the pure :class:`~resilient_ws._liveness.Liveness`. The socket's TCP
+decision comes from the pure :class:`~resilient_ws._core.liveness.Liveness`. The socket's TCP
 state is read once each time its timer fires anyway (about once per ``Keepalive.idle`` on
 a busy link): its RTT keeps the estimate current on every link, and while a probe is
 overdue it is the evidence for the verdict.
@@ -90,7 +90,7 @@ _PROBE = struct.Struct("!I")
 class LinkKeepalive:
     """Keeps one link under watch until it aborts it or is stopped.
 
-    Driven by the event loop's shared :class:`~resilient_ws._timers.Timers`, not by a
+    Driven by the event loop's shared :class:`~resilient_ws._io.timers.Timers`, not by a
     task: :meth:`start` it on a link, :meth:`stop` it when the link ends; once it gave up
     it aborted the link and :attr:`diagnosis` says why.
     """

@@ -1,19 +1,19 @@
 """One replay-protocol link of a session: numbering on it, the peer's acks, our acks.
 
 Part of the I/O layer of both the client and the server (it sleeps and sends pongs). The
-session's bookkeeping is the pure :class:`~resilient_ws._replay.Outbound` and
-:class:`~resilient_ws._replay.Inbound`, shared by every link of the session; a
+session's bookkeeping is the pure :class:`~resilient_ws._core.replay.Outbound` and
+:class:`~resilient_ws._core.replay.Inbound`, shared by every link of the session; a
 :class:`ReplayLink` applies them to one websockets connection:
 
-- the connection's frame hook (``_backend._Recording``) hands it every control message,
+- the connection's frame hook (``_io.hooks._Recording``) hands it every control message,
   and it applies the peer's ``ack``;
 - :meth:`ReplayLink.delivered` counts a data message the application received, and sends
   our coalesced ``ack`` when due by count (at once on asyncio, from a task on trio) or
-  sets the loop's shared timer (:mod:`~resilient_ws._timers`) for when it is due by time;
+  sets the loop's shared timer (:mod:`~resilient_ws._io.timers`) for when it is due by time;
 - a peer that broke the protocol gets its link closed with 4001/4002.
 
 Nothing here costs more than O(1) per message: acks release their whole range at once
-(:class:`~resilient_ws._replay.Outbound`), and the ack timer is set only when an ack may
+(:class:`~resilient_ws._core.replay.Outbound`), and the ack timer is set only when an ack may
 fall due, never per message. A link has no task of its own.
 
 When a link ends it is *retired*: the session moves to the next link, and messages the old
@@ -127,7 +127,7 @@ class ReplayLink:
         deliveries on the session's :class:`Inbound` themselves): send it if due now,
         else set the timer for when it will be.
 
-        The ack is written without waiting (:func:`~resilient_ws._backend.send_control`):
+        The ack is written without waiting (:func:`~resilient_ws._io.backend.send_control`):
         a busy link acknowledges without a task switch.
         """
         self._look(self.raw.last_inbound)
