@@ -25,11 +25,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
-from resilient_ws._io import lag as _lag
-from resilient_ws._io.lag import (
+from resilient_ws._io import watchdog as _watchdog
+from resilient_ws._io.lag import LagWindow, LoopLagMonitor
+from resilient_ws._io.watchdog import (
     Frame,
-    LagWindow,
-    LoopLagMonitor,
     Stall,
     StallWatchdog,
     ThreadStack,
@@ -550,7 +549,7 @@ async def test_watchdog_without_its_helper_names_the_loop_thread(
 ) -> None:
     """Where no helper runs (not Linux, a frozen app), the thread still names the loop's
     blocking call; only a GIL held in C needs the helper."""
-    monkeypatch.setattr(_lag, "_start_helper", lambda limit: None)
+    monkeypatch.setattr(_watchdog, "_start_helper", lambda limit: None)
     with capture_logs() as logs:
         async with StallWatchdog(threshold=0.3) as watchdog:
             assert watchdog._helper is None

@@ -4,7 +4,8 @@ from ._core.classify import Classifier, Decision, default_classifier
 from ._core.sessions import MemorySessionStore, SessionStore
 from ._core.state import State
 from ._core.tcpinfo import TcpInfo
-from ._io.lag import LoopLagMonitor, Stall, StallWatchdog
+from ._io.lag import LoopLagMonitor
+from ._io.watchdog import Stall, StallWatchdog
 from ._logging import configure_json_logging, redact_url
 from .client import Connection, ConnectionStats, Link, OnConnect, connect
 from .config import Backoff, Failover, Keepalive, Replay, SendQueue, WhenFull

@@ -3,7 +3,7 @@
 ``resilient_ws.serve()`` wraps websockets' asyncio or trio server (whichever the running
 event loop is) and adds, for every connection:
 
-- lag beacons: unsolicited pongs carrying the server's loop lag (see ``_protocol``), which
+- lag beacons: unsolicited pongs carrying the server's loop lag (see ``_core.protocol``), which
   resilient_ws clients use to tell a slow server from a dead link and other clients ignore;
 - a stall-aware keepalive: the same adaptive probing and verdicts as the client's, so after
   the server's own loop was frozen it blames itself, not clients whose pongs sat unread in
@@ -60,8 +60,9 @@ from ._io import backend as _backend
 from ._io import sockopts as _sockopts
 from ._io import taskgroup as _taskgroup
 from ._io.keepalive import LinkKeepalive
-from ._io.lag import LoopLagMonitor, Stall, StallWatchdog
+from ._io.lag import LoopLagMonitor
 from ._io.replaylink import ReplayLink
+from ._io.watchdog import Stall, StallWatchdog
 from ._logging import log, log_error, log_event
 from ._serversession import TAKEN_OVER, ServerSession
 from .config import Keepalive, Replay
