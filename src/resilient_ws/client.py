@@ -263,21 +263,9 @@ class Connection(MessageIterator):
         if keepalive is None:
             return dict(
                 srtt=None, srtt_source=None, rttvar=None, timeout=None, verdict="unknown",
-                stalled_for=None,
-                peer_lag=None, peer_stall=None,
+                stalled_for=None, peer_lag=None, peer_stall=None,
             )  # fmt: skip
-        liveness = keepalive.liveness
-        stalled_since = liveness.stalled_since
-        return dict(
-            srtt=liveness.rtt.srtt,
-            srtt_source=liveness.rtt.source,
-            rttvar=liveness.rtt.rttvar,
-            timeout=liveness.timeout,
-            verdict=liveness.diagnosis.verdict.value,
-            stalled_for=None if stalled_since is None else anyio.current_time() - stalled_since,
-            peer_lag=keepalive.peer_lag,
-            peer_stall=keepalive.peer_stall,
-        )
+        return keepalive.stats()
 
     async def send(self, message: Message) -> None:
         """Send a message, or queue it while the link is down.

@@ -309,6 +309,23 @@ class LinkKeepalive:
             own_lag=own_lag, tcp=tcp, peer_lag=self.peer_lag, last_data=self._raw.last_data
         )
 
+    def stats(self) -> dict[str, Any]:
+        """The link's liveness now, as :class:`~resilient_ws.ConnectionStats` reports it:
+        ``srtt``, ``srtt_source``, ``rttvar``, ``timeout``, ``verdict``, ``stalled_for``,
+        ``peer_lag``, ``peer_stall``."""
+        liveness = self.liveness
+        stalled_since = liveness.stalled_since
+        return dict(
+            srtt=liveness.rtt.srtt,
+            srtt_source=liveness.rtt.source,
+            rttvar=liveness.rtt.rttvar,
+            timeout=liveness.timeout,
+            verdict=liveness.diagnosis.verdict.value,
+            stalled_for=None if stalled_since is None else self._now() - stalled_since,
+            peer_lag=self.peer_lag,
+            peer_stall=self.peer_stall,
+        )
+
     @property
     def peer_lag(self) -> float | None:
         """The loop lag the peer last reported in a beacon, seconds, if it sends them."""
