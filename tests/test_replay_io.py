@@ -390,14 +390,18 @@ async def test_a_session_expires_after_its_ttl_and_the_client_hears_of_the_loss(
         assert len(store) == 1  # the expired session is gone
 
 
+def close_frame(code: int) -> bytes:
+    """A client's close frame with ``code``, masked (RFC 6455 section 5.5.1)."""
+    mask = b"\x1f\x2e\x3d\x4c"
+    payload = struct.pack("!H", code)
+    return b"\x88\x82" + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
 def resume_and_close(port: int, resume: dict[str, str]) -> tuple[int, dict[str, str]]:
     """Resume a session by hand from a socket with a small receive buffer, so that the
     server's resend soon waits on it; close with 1000 right after the 101, before reading
     anything; then read to the end, as a closing client does. Blocking: run it in a
     thread. The status and headers of the response."""
-    mask = b"\x1f\x2e\x3d\x4c"  # RFC 6455 5.5.1: a client's close frame, masked
-    code = struct.pack("!H", 1000)
-    close = b"\x88\x82" + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(code))
     with socket.socket() as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect
         sock.settimeout(TIMEOUT)
@@ -408,7 +412,7 @@ def resume_and_close(port: int, resume: dict[str, str]) -> tuple[int, dict[str, 
             byte = sock.recv(1)  # byte by byte: read nothing past the head yet
             assert byte, f"the server closed before its response ended: {head!r}"
             head += byte
-        sock.sendall(close)
+        sock.sendall(close_frame(1000))
         while sock.recv(1 << 16):  # to the end; a timeout raises
             pass
     return parse_response_head(head)
@@ -466,6 +470,57 @@ async def test_a_normal_close_while_the_server_resends_ends_the_session() -> Non
     detached = [e for e in logs if e["event"] == "resilient_ws.session_detached"]
     assert [(e["code"], e["outcome"]) for e in detached[1:]] == [(1000, "ended")]
     assert not [e for e in logs if e["event"] == "resilient_ws.session_resumed"]
+
+
+def resume_with_close(port: int, resume: dict[str, str]) -> bytes:
+    """Send a resume request and a close frame (1000) in one write, then read to the end:
+    websockets mostly sees the close before it would run a handler for the link, and then
+    runs none (it may not even answer). Blocking: run it in a thread. What it answered."""
+    answer = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
+        sock.sendall(handshake_request(resume) + close_frame(1000))
+        while data := sock.recv(1 << 16):  # to the end; a timeout raises
+            answer += data
+    return answer
+
+
+async def test_a_resume_closed_before_its_link_is_served_ends_the_session() -> None:
+    """A resume granted to a link that closed normally before websockets ran a handler for
+    it (websockets then runs none) ends the session at the server's next housekeeping (1 s),
+    not after ``open_timeout`` and then the session TTL."""
+    ended = anyio.Event()
+    outcome: list[BaseException | None] = []
+
+    async def handler(session: ServerSession) -> None:
+        try:
+            async for _ in session:
+                pass
+            outcome.append(None)
+        except Exception as exc:
+            outcome.append(exc)
+            raise
+        finally:
+            ended.set()
+
+    with capture_logs() as logs, anyio.fail_after(TIMEOUT):
+        async with resilient_ws.serve(handler, "127.0.0.1", 0) as server:
+            status, grant, stream = await raw_handshake(server.port)
+            assert status == 101
+            await stream.aclose()  # away: the session waits for the client
+            resume = {
+                "RWS-Session": grant["rws-session"],
+                "RWS-Token": grant["rws-token"],
+                "RWS-Received": "0",
+                "RWS-Replay-From": "1",
+            }
+            answer = await anyio.to_thread.run_sync(resume_with_close, server.port, resume)
+            await ended.wait()
+    assert outcome == [None]
+    detached = [e for e in logs if e["event"] == "resilient_ws.session_detached"]
+    assert [(e["code"], e["outcome"]) for e in detached[1:]] == [(1000, "ended")]
+    # The path under test: the link was never served (websockets did not even answer).
+    assert not [e for e in logs if e["event"] == "resilient_ws.session_resumed"]
+    assert b"101" not in answer
 
 
 async def test_an_oversize_message_is_sent_unkept_and_its_loss_is_a_gap_on_the_server() -> None:
