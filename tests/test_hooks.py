@@ -8,6 +8,7 @@ from __future__ import annotations
 import ast
 import inspect
 import textwrap
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import pytest
@@ -30,41 +31,40 @@ BASES: dict[tuple[str, bool], type[Any]] = {
 IDS = [f"{'trio' if trio else 'asyncio'}-{side}" for side, trio in BASES]
 
 
+def attributes(functions: Iterable[object], on: Callable[[ast.Attribute], bool]) -> set[str]:
+    """The names of the attributes ``x.<name>`` in the source of ``functions`` whose node
+    ``on`` accepts."""
+    names: set[str] = set()
+    for function in functions:
+        if not inspect.isfunction(function):
+            continue
+        tree = ast.parse(textwrap.dedent(inspect.getsource(function)))
+        names.update(n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute) and on(n))
+    return names
+
+
 def assigned_in_init(cls: type[Any]) -> set[str]:
     """The ``self.<name>`` attributes that ``cls``'s ``__init__`` (or a base's) sets."""
-    names: set[str] = set()
-    for klass in cls.__mro__:
-        init = klass.__dict__.get("__init__")
-        if init is None or not inspect.isfunction(init):
-            continue
-        tree = ast.parse(textwrap.dedent(inspect.getsource(init)))
-        for node in ast.walk(tree):
-            if (
-                isinstance(node, ast.Attribute)
-                and isinstance(node.value, ast.Name)
-                and node.value.id == "self"
-                and isinstance(node.ctx, ast.Store)
-            ):
-                names.add(node.attr)
-    return names
+    return attributes(
+        (klass.__dict__.get("__init__") for klass in cls.__mro__),
+        lambda node: (
+            isinstance(node.value, ast.Name)
+            and node.value.id == "self"
+            and isinstance(node.ctx, ast.Store)
+        ),
+    )
 
 
 def super_calls(cls: type[Any]) -> set[str]:
     """The methods that ``cls``'s own methods call through ``super()``."""
-    names: set[str] = set()
-    for function in cls.__dict__.values():
-        if not inspect.isfunction(function):
-            continue
-        tree = ast.parse(textwrap.dedent(inspect.getsource(function)))
-        for node in ast.walk(tree):
-            if (
-                isinstance(node, ast.Attribute)
-                and isinstance(node.value, ast.Call)
-                and isinstance(node.value.func, ast.Name)
-                and node.value.func.id == "super"
-            ):
-                names.add(node.attr)
-    return names
+    return attributes(
+        cls.__dict__.values(),
+        lambda node: (
+            isinstance(node.value, ast.Call)
+            and isinstance(node.value.func, ast.Name)
+            and node.value.func.id == "super"
+        ),
+    )
 
 
 @pytest.mark.parametrize(("side", "trio"), list(BASES), ids=IDS)

@@ -390,6 +390,27 @@ async def test_a_session_expires_after_its_ttl_and_the_client_hears_of_the_loss(
         assert len(store) == 1  # the expired session is gone
 
 
+class SessionEnd:
+    """A handler's end, recorded: ``None`` when the session's iteration ended normally
+    (the client closed it), else the exception it raised."""
+
+    def __init__(self) -> None:
+        self.ended = anyio.Event()
+        self.outcome: list[BaseException | None] = []
+
+    async def watch(self, session: ServerSession) -> None:
+        """Read ``session`` to its end (a handler, or its last step)."""
+        try:
+            async for _ in session:
+                pass
+            self.outcome.append(None)
+        except Exception as exc:
+            self.outcome.append(exc)
+            raise
+        finally:
+            self.ended.set()
+
+
 def close_frame(code: int) -> bytes:
     """A client's close frame with ``code``, masked (RFC 6455 section 5.5.1)."""
     mask = b"\x1f\x2e\x3d\x4c"
@@ -428,23 +449,14 @@ async def test_a_normal_close_while_the_server_resends_ends_the_session() -> Non
     chunk = b"r" * (64 << 10)
     away = anyio.Event()
     filled = anyio.Event()
-    ended = anyio.Event()
-    outcome: list[BaseException | None] = []
+    end = SessionEnd()
 
     async def handler(session: ServerSession) -> None:
-        try:
-            await away.wait()
-            for _ in range(256):  # 16 MiB: all kept (below), more than the kernel buffers
-                await session.send(chunk)
-            filled.set()
-            async for _ in session:
-                pass
-            outcome.append(None)
-        except Exception as exc:
-            outcome.append(exc)
-            raise
-        finally:
-            ended.set()
+        await away.wait()
+        for _ in range(256):  # 16 MiB: all kept (below), more than the kernel buffers
+            await session.send(chunk)
+        filled.set()
+        await end.watch(session)
 
     with capture_logs() as logs, anyio.fail_after(TIMEOUT):
         # Tuned: the resend must outlast what the sockets' buffers take (up to 4 MiB of
@@ -464,8 +476,8 @@ async def test_a_normal_close_while_the_server_resends_ends_the_session() -> Non
             }
             status, headers = await anyio.to_thread.run_sync(resume_and_close, server.port, resume)
             assert (status, headers["rws-resumed"]) == (101, "1")
-            await ended.wait()
-    assert outcome == [None]
+            await end.ended.wait()
+    assert end.outcome == [None]
     # The close came during the resend (no session_resumed), and ended the session.
     detached = [e for e in logs if e["event"] == "resilient_ws.session_detached"]
     assert [(e["code"], e["outcome"]) for e in detached[1:]] == [(1000, "ended")]
@@ -488,22 +500,10 @@ async def test_a_resume_closed_before_its_link_is_served_ends_the_session() -> N
     """A resume granted to a link that closed normally before websockets ran a handler for
     it (websockets then runs none) ends the session at the server's next housekeeping (1 s),
     not after ``open_timeout`` and then the session TTL."""
-    ended = anyio.Event()
-    outcome: list[BaseException | None] = []
-
-    async def handler(session: ServerSession) -> None:
-        try:
-            async for _ in session:
-                pass
-            outcome.append(None)
-        except Exception as exc:
-            outcome.append(exc)
-            raise
-        finally:
-            ended.set()
+    end = SessionEnd()
 
     with capture_logs() as logs, anyio.fail_after(TIMEOUT):
-        async with resilient_ws.serve(handler, "127.0.0.1", 0) as server:
+        async with resilient_ws.serve(end.watch, "127.0.0.1", 0) as server:
             status, grant, stream = await raw_handshake(server.port)
             assert status == 101
             await stream.aclose()  # away: the session waits for the client
@@ -514,8 +514,8 @@ async def test_a_resume_closed_before_its_link_is_served_ends_the_session() -> N
                 "RWS-Replay-From": "1",
             }
             answer = await anyio.to_thread.run_sync(resume_with_close, server.port, resume)
-            await ended.wait()
-    assert outcome == [None]
+            await end.ended.wait()
+    assert end.outcome == [None]
     detached = [e for e in logs if e["event"] == "resilient_ws.session_detached"]
     assert [(e["code"], e["outcome"]) for e in detached[1:]] == [(1000, "ended")]
     # The path under test: the link was never served (websockets did not even answer).
