@@ -40,13 +40,13 @@ import anyio.abc
 from ._core.protocol import (
     SUBPROTOCOL,
     Beacon,
-    Grant,
     Resume,
     encode_beacon,
     grant_headers,
     parse_resume,
 )
 from ._core.replay import Budget
+from ._core.resume import accept_resume, grant_of
 from ._core.sessions import (
     MemorySessionStore,
     SessionLimit,
@@ -364,12 +364,8 @@ class Server:
         assert session.id is not None
         assert token is not None
         self._granted[connection] = (session, resumed, now)
-        grant = Grant(
-            session=session.id,
-            token=token,
-            resumed=resumed,
-            received=session.inbound.received,
-            replay_from=session.outbound.replay_from,
+        grant = grant_of(
+            session.id, token, resumed=resumed, outbound=session.outbound, inbound=session.inbound
         )
         response.headers.update(grant_headers(grant))
         return response
@@ -380,8 +376,7 @@ class Server:
         Raises:
             ProtocolViolation: Its numbers contradict the session; nothing changed.
         """
-        session.outbound.resume(resume.received)
-        gap = session.inbound.resume(resume.replay_from)
+        gap = accept_resume(session.outbound, session.inbound, resume)
         assert session.id is not None
         self.sessions.attach(session.id)
         old = session.granted(connection, gap)

@@ -1,9 +1,11 @@
-"""The client's replay session: what to ask for on reconnect, what the answer means.
+"""Both sides' resume arithmetic: what a client asks for on reconnect, what a server
+grants, and what the answer means.
 
-Pure: the client's I/O layer builds the request headers from :meth:`ClientSession.headers`,
-feeds the server's grant to :meth:`ClientSession.grant`, and acts on the
-:class:`Resumption` it gets back (resend, report gaps and a lost session). The rules are
-``docs/protocol.md`` section 4.
+Pure. The client's I/O layer builds the request headers from
+:meth:`ClientSession.headers`, feeds the server's grant to :meth:`ClientSession.grant`,
+and acts on the :class:`Resumption` it gets back (resend, report gaps and a lost session).
+The server's applies a resume request with :func:`accept_resume` and answers with
+:func:`grant_of`. The rules are ``docs/protocol.md`` section 4.
 """
 
 from __future__ import annotations
@@ -14,9 +16,9 @@ from ..config import Replay
 from ..exceptions import ProtocolViolation
 from .outbox import Message
 from .protocol import ACK_OUT_OF_RANGE, Grant, Resume, resume_headers
-from .replay import LostRange, buffers
+from .replay import Inbound, LostRange, Outbound, buffers
 
-__all__ = ["ClientSession", "Resumption"]
+__all__ = ["ClientSession", "Resumption", "accept_resume", "grant_of"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -122,3 +124,31 @@ class ClientSession:
             unacked=[message for _, message in outbound.restart()],
             overflowed=overflowed,
         )
+
+
+def accept_resume(outbound: Outbound, inbound: Inbound, resume: Resume) -> LostRange | None:
+    """The server's side of a resume request with the right token: drop from its replay
+    buffer what the client received, and learn which of the client's messages the client
+    can no longer resend.
+
+    Returns:
+        The client's messages that will never arrive, if any.
+
+    Raises:
+        ProtocolViolation: The request's numbers contradict the session.
+    """
+    outbound.resume(resume.received)
+    return inbound.resume(resume.replay_from)
+
+
+def grant_of(
+    session_id: str, token: str, *, resumed: bool, outbound: Outbound, inbound: Inbound
+) -> Grant:
+    """The server's answer for a session: from where each side resends."""
+    return Grant(
+        session=session_id,
+        token=token,
+        resumed=resumed,
+        received=inbound.received,
+        replay_from=outbound.replay_from,
+    )
