@@ -42,7 +42,9 @@ def _restore_structlog() -> Iterator[None]:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Deselect (not skip) the long forms unless RESILIENT_WS_LONG=1."""
+    """Deselect (not skip) the long forms unless RESILIENT_WS_LONG=1; time trio tests out
+    with a thread."""
+    _time_out_trio_tests_with_a_thread(items)
     if LONG:
         return
     long_items = [item for item in items if item.get_closest_marker("slow")]
@@ -60,3 +62,20 @@ def pytest_runtest_makereport(
     if IN_CI and report.skipped and not hasattr(report, "wasxfail"):
         report.outcome = "failed"
         report.longrepr = f"skipped in CI, where every test must run: {report.longrepr}"
+
+
+def _time_out_trio_tests_with_a_thread(items: list[pytest.Item]) -> None:
+    """pytest-timeout's default method (SIGALRM) never ends a hung trio test: anyio runs
+    trio in a thread of its own while the main thread waits on a queue (a test that waits
+    forever outlived a 5 s timeout for 60 s, until killed). Its thread method does end it:
+    it dumps every thread's stack and ends the run, a failure instead of a CI run that
+    hangs. asyncio tests keep the signal method, which fails the hung test alone."""
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if callspec is None or callspec.params.get("anyio_backend") != "trio":
+            continue
+        marker = item.get_closest_marker("timeout")
+        args = marker.args[:1] if marker is not None else ()
+        kwargs = {} if marker is None else dict(marker.kwargs)
+        kwargs["method"] = "thread"
+        item.add_marker(pytest.mark.timeout(*args, **kwargs), append=False)
