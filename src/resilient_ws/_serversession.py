@@ -309,9 +309,7 @@ class ServerSession(MessageIterator):
     def _closed(self, raw: RawLink) -> Literal["ended", "detached"]:
         """``raw``, the session's link or one granted to it, closed: whether that ended
         the session or leaves it waiting for the client."""
-        code = _backend.link_closed_error(raw).code
-        if _backend.ended_by_peer(raw) in (1000, 1001):
-            code = 1000  # the client said goodbye; the TCP connection went before we did
+        code = _backend.end_code(raw)
         if code in (1000, 1001):
             self._end(ConnectionClosedOK("the client closed the session"))
             return "ended"

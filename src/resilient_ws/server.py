@@ -392,10 +392,7 @@ class Server:
                 del self._granted[connection]
                 outcome = session.grant_closed(connection)
                 assert session.id is not None
-                code = _backend.ended_by_peer(connection)
-                if code is None:
-                    code = _backend.link_closed_error(connection).code
-                log("session_detached", session_id=session.id, code=code,
+                log("session_detached", session_id=session.id, code=_backend.end_code(connection),
                     reason=connection.close_reason or "", outcome=outcome)  # fmt: skip
                 if outcome == "ended":
                     self.sessions.close(session.id)

@@ -88,7 +88,6 @@ __all__ = [
     "wait_link_closed",
 ]
 
-_OPEN = State.OPEN
 # RFC 6455 section 7.4.1: 1006 is reserved for "closed without a close frame".
 ABNORMAL_CLOSURE = 1006
 # Longest wait for websockets to finish closing a link we are leaving.
@@ -546,11 +545,15 @@ def closing(raw: Any) -> bool:
     return raw.protocol.state in (State.CLOSING, State.CLOSED)
 
 
-def ended_by_peer(raw: RawLink) -> int | None:
-    """The code of the close frame the peer sent, when one came: the peer's intent, even
-    where the closing handshake did not complete (websockets then reports 1006)."""
+def end_code(raw: RawLink) -> int:
+    """The close code that ended ``raw`` (:func:`link_closed_error`'s), or, where that is
+    1006 because the closing handshake did not finish, the code of the close frame the
+    peer did send: its intent."""
+    code = link_closed_error(raw).code
     received = getattr(getattr(raw, "protocol", None), "close_rcvd", None)
-    return None if received is None else int(received.code)
+    if code == ABNORMAL_CLOSURE and received is not None:
+        return int(received.code)
+    return code
 
 
 WEBSOCKETS_KEEPALIVE = frozenset({"ping_interval", "ping_timeout"})
