@@ -34,6 +34,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request, Response
 
 import resilient_ws
+from resilient_ws._io.clientlinks import ClientLinks
 from resilient_ws import LoopLagMonitor, State
 
 pytestmark = pytest.mark.anyio
@@ -584,10 +585,10 @@ def broken_link_setup(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Make the connection's link set-up (run by its background supervisor task) crash: a
     stand-in for a bug in the library."""
 
-    async def crash(self: object, raw: object, number: int) -> bool:
+    async def crash(self: object, raw: object) -> bool:
         raise RuntimeError("a bug in a background task")
 
-    monkeypatch.setattr(resilient_ws.Connection, "_begin_link", crash)
+    monkeypatch.setattr(ClientLinks, "begin", crash)
     yield
 
 

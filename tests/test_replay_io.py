@@ -224,7 +224,7 @@ async def test_client_closes_on_an_ack_for_a_message_never_sent() -> None:
 
 
 async def session_of(ws: resilient_ws.Connection) -> tuple[str, str]:
-    session = ws._session
+    session = ws._core.session
     assert session is not None
     assert session.id is not None
     assert session._token is not None

@@ -1,9 +1,10 @@
 """The reconnect loop: attempt links, serve each until it ends, decide what comes next.
 
-Part of the client's I/O layer (it sleeps and reads the clock). It owns everything about
-links and attempts: URLs and failover, the failure count, backoff and budget, and the
-link's lifetime. What the application sees (the send queue, received messages, the state
-and the events) belongs to the :class:`Session` it serves, the ``Connection``.
+Part of the client's I/O layer (it sleeps and reads the clock). It drives the link's
+lifetime: opening it, its keepalive, ``on_connect``, failback to the primary URL. What to
+do next (which URL, how long to wait, whether to give up) and every counter are the
+connection's :class:`~resilient_ws._core.client.ClientCore`'s; moving the application's
+messages over each link is its :class:`~resilient_ws._io.clientlinks.ClientLinks`'s.
 """
 
 from __future__ import annotations
@@ -11,24 +12,23 @@ from __future__ import annotations
 import logging
 import math
 import random
-from collections.abc import Sequence
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any
 
 import anyio
 from tenacity import RetryCallState, Retrying, retry_if_exception
 
-from ._core.backoff import forgive, next_delay
-from ._core.classify import Classifier
+from ._core.client import ClientCore
 from ._core.liveness import Diagnosis, Verdict
 from ._io import backend as _backend
 from ._io.backend import RawLink
+from ._io.clientlinks import ClientLinks
 from ._io.keepalive import LinkKeepalive
 from ._io.lag import LoopLagMonitor
-from ._io.link import Link, OnConnect
-from ._io.replaylink import ReplayLink
+from ._io.link import OnConnect
 from ._logging import log, redact_url
-from .config import Backoff, Failover, Keepalive
-from .events import Connected, Connecting, Disconnected, Event, Reconnecting
+from .config import Failover, Keepalive
+from .events import Event
 from .exceptions import (
     ConnectionClosed,
     ConnectionClosedOK,
@@ -36,68 +36,40 @@ from .exceptions import (
     LinkClosed,
     LinkError,
     OnConnectFailed,
-    RetryBudgetExhausted,
 )
 
-__all__ = ["Session", "Supervisor"]
+__all__ = ["Supervisor"]
 
 # Code used when failing back from a backup URL to the primary (RFC 6455: going away).
 _GOING_AWAY = 1001
 
 
-class Session(Protocol):
-    """What the supervisor needs from the connection it serves (private to the package)."""
-
-    connection_id: str
-
-    @property
-    def _closing(self) -> bool:
-        """The application asked to close."""
-
-    def _link_options(self, options: dict[str, Any]) -> dict[str, Any]:
-        """websockets options for the next attempt (the replay protocol's offer)."""
-
-    async def _begin_link(self, raw: RawLink, number: int) -> bool:
-        """Set up a new link (resume the replay session); whether ``on_connect`` runs."""
-
-    def _numbering(self, raw: RawLink) -> ReplayLink | None:
-        """The replay protocol on ``raw`` (a ``ReplayLink``), or ``None``."""
-
-    async def _flush(self, raw: RawLink) -> int:
-        """Send the queued messages on ``raw``; raise LinkError if it dies."""
-
-    def _readable(self, raw: RawLink, number: int) -> None:
-        """Let recv() read ``raw`` (after the links before it)."""
-
-    async def _publish(self, raw: RawLink, number: int) -> None:
-        """Make ``raw`` the link that send() writes to."""
-
-    def _link_lost(self) -> None:
-        """The published link (if any) is gone."""
-
-    async def _close_link(self, raw: RawLink) -> None:
-        """Flush what is queued, then close ``raw`` with the application's code."""
-
-    def _emit(self, event: Event) -> None:
-        """Record a lifecycle event, in the event history and the log."""
-
-
 class Supervisor:
-    """Drives links for one :class:`Session` until it is closed or fails for good."""
+    """Drives links for one connection until it is closed or fails for good.
+
+    Args:
+        core: The connection's decisions and counters.
+        links: Moves the application's messages over each link.
+        connection_id: The connection's id, for the log.
+        emit: Records an event (history and log).
+    """
 
     def __init__(
         self,
-        session: Session,
-        urls: Sequence[str],
+        core: ClientCore,
+        links: ClientLinks,
         *,
-        backoff: Backoff,
+        connection_id: str,
+        emit: Callable[[Event], None],
         failover: Failover,
-        classifier: Classifier,
         on_connect: OnConnect | None,
         keepalive: Keepalive | None,
         options: dict[str, Any],
     ) -> None:
-        self._session = session
+        self._core = core
+        self._links = links
+        self._connection_id = connection_id
+        self._emit = emit
         self._keepalive = keepalive
         self.keepalive: LinkKeepalive | None = None
         """The keepalive of the current or last link."""
@@ -110,28 +82,16 @@ class Supervisor:
         self._watching: LinkKeepalive | None = None
         # We closed the current link ourselves to return to the primary URL.
         self._failed_back = False
-        self._urls = list(urls)
-        self._backoff = backoff
         self._failover = failover
-        self._classifier = classifier
         self._on_connect = on_connect
         self._options = options
         # Per URL: the websockets options with the proxy resolved (at its first connect),
         # and the URL as logged.
         self._url_options: dict[str, dict[str, Any]] = {}
-        self._redacted = {url: redact_url(url) for url in self._urls}
+        self._redacted = {url: redact_url(url) for url in core.urls}
         self._random = random.Random()
-        self._url_index = 0
-        self.url = self._urls[0]
-        """The URL of the current or last attempt."""
-        self.failures = 0
-        """Consecutive failures (attempts and links' ends), less what links' lives forgave."""
-        self._failing_since: float | None = None
         # When the current attempt's link opened (None: not, or not yet).
         self._opened_at: float | None = None
-        self.last_error: LinkError | None = None
-        self.attempts = 0
-        self.links = 0
         self.outcome: ConnectionClosed = ConnectionClosedOK("connection closed by the application")
         """How the connection ended, once :meth:`run` returned or raised."""
         # Created in run(): anyio cancel scopes need a running event loop.
@@ -153,7 +113,7 @@ class Supervisor:
             self._run_scope.cancel()
 
     async def run(self) -> None:
-        """Attempt links until the session closes or a fatal error; set :attr:`outcome`."""
+        """Attempt links until the connection closes or a fatal error; set :attr:`outcome`."""
         self._run_scope = anyio.CancelScope()
         if self._stopped:
             self._run_scope.cancel()
@@ -161,10 +121,7 @@ class Supervisor:
             with self._run_scope:
                 await self._retry_loop()
         except LinkError as exc:
-            if self._classifier(exc) == "fatal":
-                self.outcome = ConnectionFailed(f"connection failed: {exc}", exc)
-            else:
-                self.outcome = RetryBudgetExhausted(f"gave up reconnecting: {exc}", exc)
+            self.outcome = self._core.outcome(exc)
         except Exception as exc:
             # A bug: end the connection visibly rather than leave send() and recv()
             # waiting for a supervisor that is gone. The caller's task group re-raises it.
@@ -180,12 +137,13 @@ class Supervisor:
         decision in a new coroutine function after ``inspect`` checks, 14 per link: in a
         reconnect storm, 14 % of the client's CPU until the first link was back (py-spy).
         """
+        core = self._core
         delays: list[float] = []
         retrying = Retrying(
             sleep=delays.append,
-            retry=retry_if_exception(self._should_retry),
-            wait=self._next_delay,
-            stop=self._budget_spent,
+            retry=retry_if_exception(core.should_retry),
+            wait=lambda _: core.next_delay(self._random.random()),
+            stop=lambda _: core.budget_spent(anyio.current_time()),
             before_sleep=self._retry_scheduled,
             reraise=True,
         )
@@ -195,51 +153,29 @@ class Supervisor:
             with attempt:
                 await self._attempt()
 
-    def _should_retry(self, error: BaseException) -> bool:
-        return isinstance(error, LinkError) and self._classifier(error) == "retry"
-
-    def _next_delay(self, retry_state: RetryCallState) -> float:
-        retry_after = getattr(self.last_error, "retry_after", None)
-        return next_delay(self._backoff, self.failures, self._random.random(), retry_after)
-
-    def _budget_spent(self, retry_state: RetryCallState) -> bool:
-        policy = self._backoff
-        if policy.max_attempts is not None and self.failures >= policy.max_attempts:
-            return True
-        if policy.max_elapsed is not None and self._failing_since is not None:
-            return anyio.current_time() - self._failing_since >= policy.max_elapsed
-        return False
-
     def _retry_scheduled(self, retry_state: RetryCallState) -> None:
         delay = retry_state.upcoming_sleep
-        url = self._redacted[self._urls[self._url_index]]
-        attempt = self.failures + 1
-        self._session._emit(
-            Reconnecting(at=anyio.current_time(), attempt=attempt, delay=delay, url=url)
-        )
+        self._emit(self._core.reconnecting(anyio.current_time(), delay))
 
     async def _attempt(self) -> None:
-        url = self.url = self._urls[self._url_index]
-        self.attempts += 1
+        url, connecting = self._core.attempt(anyio.current_time())
         self.keepalive = None
         self._abandoned = None
         self._watching = None
         self._failed_back = False
-        attempt = self.failures + 1
-        shown = self._redacted[url]
-        self._session._emit(Connecting(at=anyio.current_time(), url=shown, attempt=attempt))
+        self._emit(connecting)
         self._opened_at = None
         try:
             await self._open_and_serve(url)
         except LinkError as error:
             opened_at = self._opened_at
             uptime = None if opened_at is None else anyio.current_time() - opened_at
-            self._link_failed(error, url, uptime)
+            self._link_failed(error, uptime)
             raise
 
     async def _open_and_serve(self, url: str) -> None:
         """Open a link to ``url`` (note when in ``_opened_at``) and serve it until it ends."""
-        options = self._session._link_options(self._options_for(url))
+        options = self._links.options(self._options_for(url))
         async with _backend.open_link(url, options) as raw:
             self._opened_at = anyio.current_time()
             await self._serve_link(raw, url)
@@ -260,7 +196,7 @@ class Supervisor:
 
         Returns when the application closed the connection; raises LinkError otherwise.
         """
-        keepalive = self._watch(raw)
+        keepalive = self._watch(raw, url)
         try:
             await self._set_up(raw, url)
             await self._wait_link_end(raw)
@@ -270,38 +206,21 @@ class Supervisor:
 
     async def _set_up(self, raw: RawLink, url: str) -> None:
         """Resume the session, run ``on_connect``, flush the queue, publish the link."""
-        self.links += 1
-        number = self.links
-        run_hook = await self._session._begin_link(raw, number)
+        run_hook = await self._links.begin(raw)
         _backend.forget_handshake(raw)
         if self._on_connect is not None and run_hook:
             try:
-                await self._on_connect(Link(raw, url, number, self._session._numbering(raw)))
+                await self._on_connect(self._links.hook_link(raw, url))
             except LinkError:
                 raise
             except Exception as exc:
                 raise OnConnectFailed(f"on_connect raised {exc!r}") from exc
-        # Readable before the flush: the peer's acks and replies arrive on the same
-        # stream, and websockets stops reading it while unread messages pile up.
-        self._session._readable(raw, number)
-        flushed = await self._session._flush(raw)
-        self._failing_since = None
-        shown = self._redacted[url]
-        self._session._emit(
-            Connected(
-                at=anyio.current_time(),
-                url=shown,
-                link=number,
-                subprotocol=raw.subprotocol,
-                flushed=flushed,
-            )
-        )
-        await self._session._publish(raw, number)
+        await self._links.go_live(raw)
 
     async def _wait_link_end(self, raw: RawLink) -> None:
         """Wait until the link dies (raise), the application closes (return) or failback."""
         while True:
-            failback = self._failover.failback_after if self._url_index != 0 else None
+            failback = None if self._core.on_primary else self._failover.failback_after
             scope = anyio.CancelScope(
                 deadline=math.inf if failback is None else anyio.current_time() + failback
             )
@@ -311,23 +230,23 @@ class Supervisor:
                     await _backend.wait_link_closed(raw)
             finally:
                 self._link_scope = None
-            if self._session._closing:
-                await self._session._close_link(raw)
+            if self._core.closing:
+                await self._links.close_link(raw)
                 return
             if not scope.cancelled_caught:
-                self._session._link_lost()
+                self._links.lost()
                 if self._diagnosis() is None and _backend.timed_out(raw):
                     self._kernel_gave_up()
                 raise _backend.link_closed_error(raw)
             # On a backup for failback_after seconds: move back if the primary answers.
             if await self._primary_answers():
-                self._session._link_lost()
+                self._links.lost()
                 self._failed_back = True
                 reason = "failing back to the primary URL"
                 await _backend.close_link(raw, _GOING_AWAY, reason)
                 raise LinkClosed(_GOING_AWAY, reason)
 
-    def _watch(self, raw: RawLink) -> LinkKeepalive | None:
+    def _watch(self, raw: RawLink, url: str) -> LinkKeepalive | None:
         """Start the link's keepalive, if any: it may abort the link (and say why in its
         ``diagnosis``)."""
         if self._keepalive is None:
@@ -335,9 +254,9 @@ class Supervisor:
         keepalive = self.keepalive = LinkKeepalive(
             raw,
             self._keepalive,
-            url=self._redacted[self.url],
-            connection_id=self._session.connection_id,
-            emit=self._session._emit,
+            url=self._redacted[url],
+            connection_id=self._connection_id,
+            emit=self._emit,
             monitor=self.monitor,
         )
         self._watching = keepalive
@@ -359,65 +278,34 @@ class Supervisor:
         log(
             "link_abandoned",
             logging.WARNING,
-            connection_id=self._session.connection_id,
-            url=self._redacted[self.url],
+            connection_id=self._connection_id,
+            url=self._redacted[self._core.url],
             verdict=diagnosis.verdict.value,
             evidence=diagnosis.evidence,
         )
 
     async def _primary_answers(self) -> bool:
         try:
-            primary = self._urls[0]
+            primary = self._core.urls[0]
             async with _backend.open_link(primary, self._options_for(primary)):
                 return True
         except LinkError:
             return False
 
-    def _verdict(self, error: LinkError, opened: bool) -> str:
-        diagnosis = self._diagnosis()
-        if diagnosis is not None:
-            return diagnosis.verdict.value
-        if self._failed_back:
-            return "failback"
-        if not opened:
-            return "unreachable"
-        if isinstance(error, LinkClosed) and error.code != _backend.ABNORMAL_CLOSURE:
-            return "peer_closed"
-        return "connection_lost"
-
-    def _link_failed(self, error: LinkError, url: str, uptime: float | None) -> None:
-        fatal = self._classifier(error) == "fatal"
-        verdict = self._verdict(error, uptime is not None)
+    def _link_failed(self, error: LinkError, uptime: float | None) -> None:
+        core = self._core
+        verdict = core.verdict(
+            error, opened=uptime is not None, diagnosis=self._diagnosis(),
+            failed_back=self._failed_back,
+        )  # fmt: skip
         keepalive = self.keepalive if uptime is not None else None
         timeout = None if keepalive is None else keepalive.liveness.timeout
-        stable = uptime is not None and uptime >= self._backoff.stable_after
         _drop_tracebacks(error)
-        self.last_error = error
-        if uptime is not None:
-            # A link that lived forgives the failures before it (a flap is not a storm).
-            self.failures = forgive(self._backoff, self.failures, uptime)
-        self.failures += 1
-        if self._failing_since is None:
-            self._failing_since = anyio.current_time()
-        # A failed attempt, a link that did not stay up, or a dead network path moves on to
-        # the next URL; another stable link that dropped starts again from the primary.
-        if stable and verdict != Verdict.NETWORK_DEAD.value:
-            self._url_index = 0
-        else:
-            self._url_index = (self._url_index + 1) % len(self._urls)
-        self._session._link_lost()
-        shown = self._redacted[url]
-        self._session._emit(
-            Disconnected(
-                at=anyio.current_time(),
-                url=shown,
-                cause=error,
-                fatal=fatal,
-                verdict=verdict,
-                uptime=uptime,
-                timeout=timeout,
-            )
+        disconnected = core.link_failed(
+            anyio.current_time(), error, verdict=verdict, uptime=uptime, timeout=timeout
         )
+        self._links.lost()
+        self._emit(disconnected)
 
 
 def _drop_tracebacks(error: BaseException) -> None:

@@ -1,19 +1,20 @@
 """The client: one long-lived :class:`Connection` that survives reconnects.
 
-The client's I/O layer is this module (what the application sees: sending, the send queue,
-receiving across links, closing, events) and :mod:`resilient_ws._supervisor` (the reconnect
-loop). Only they sleep, read the clock or touch websockets connections, through
-:mod:`resilient_ws._io.backend`. The decisions they act on come from the pure modules: the
-state table, the backoff arithmetic, the classifier and the outbox.
+This module is the application's surface only. Behind it, three parts with one job each:
+
+- :class:`~resilient_ws._core.client.ClientCore` (sans-I/O) decides: the state table, the
+  send queue, the replay session, which URL next and when to give up, every counter, and
+  the events that say so;
+- :mod:`resilient_ws._supervisor` runs the reconnect loop: opens links, watches them,
+  sleeps between attempts, feeding the core what happened;
+- :class:`~resilient_ws._io.clientlinks.ClientLinks` moves the application's messages over
+  whichever link is up (``send()`` and ``recv()`` are its methods).
 """
 
 from __future__ import annotations
 
-import logging
 import secrets
-from collections import deque
 from collections.abc import AsyncIterator, Sequence
-from contextlib import suppress
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -22,43 +23,26 @@ import anyio
 import anyio.lowlevel
 
 from ._core.classify import Classifier, default_classifier
-from ._core.outbox import Message, Outbox, payload_size
-from ._core.plainwindow import PlainWindow
-from ._core.protocol import SUBPROTOCOL, parse_grant
-from ._core.resume import ClientSession, Resumption
-from ._core.state import Input, State, StateMachine
+from ._core.client import ClientCore
+from ._core.outbox import Message
+from ._core.state import State
 from ._core.tcpinfo import TcpInfo
 from ._io import backend as _backend
 from ._io import sockopts as _sockopts
 from ._io import taskgroup as _taskgroup
-from ._io.backend import RawLink
+from ._io.clientlinks import ClientLinks
 from ._io.history import EventHistory
 from ._io.lag import LoopLagMonitor
 from ._io.link import Link, OnConnect
-from ._io.replaylink import ReplayLink
 from ._io.signals import MessageIterator, Signal
-from ._logging import log, log_event, redact_url
+from ._logging import log_event, redact_url
 from ._supervisor import Supervisor
 from .config import Backoff, Failover, Keepalive, Replay, SendQueue
 from .events import (
-    Closed,
     Event,
-    Gap,
-    InboundDropped,
-    MessagesDropped,
-    Resent,
-    Resumed,
-    SessionLost,
 )
 from .exceptions import (
-    ConcurrencyError,
     ConnectionClosed,
-    ConnectionClosedOK,
-    ConnectionFailed,
-    LinkClosed,
-    LinkError,
-    ProtocolViolation,
-    QueueFull,
 )
 
 __all__ = ["Connection", "ConnectionStats", "Link", "OnConnect", "connect"]
@@ -69,13 +53,6 @@ _RESERVED_OPTIONS = frozenset({"create_connection", "process_exception", "reconn
 _EVENT_HISTORY = 256
 # Longest a close (flush, closing handshake) may take when leaving ``async with``.
 _CLOSE_TIMEOUT = 10.0
-# Ended links whose unread messages are kept when the application does not call recv().
-# Close code of serve() when the application's handler raised ("handler failed").
-_HANDLER_FAILED = 1011
-# Sessions lost after a handler failure in a row before the unacknowledged messages are no
-# longer resent (Replay.resend_on_loss): a message may be delivered twice, not forever.
-_MAX_HANDLER_FAILURES = 2
-_MAX_ENDED_LINKS = 8
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -175,55 +152,38 @@ class Connection(MessageIterator):
         checked = [_backend.check_url(url) for url in urls]
         if not checked:
             raise ValueError("connect() needs at least one URL")
-        self._supervisor = Supervisor(
-            self,
-            checked,
-            backoff=backoff,
-            failover=failover,
-            classifier=classifier,
-            on_connect=on_connect,
-            keepalive=keepalive,
-            options=options,
-        )
-        self._keepalive = keepalive
-        self._outbox = Outbox(send_queue)
-        self._when_full = send_queue.when_full
-        self._machine = StateMachine()
         self.connection_id = secrets.token_hex(4)
         """Random id of this connection, also in every log event."""
         self.undelivered: list[Message] = []
         """Messages still queued when the connection closed for good, oldest first."""
-
-        # Links whose messages recv() still has to return, oldest first, with their numbers
-        # and, on replay links, their ReplayLink.
-        self._links: deque[tuple[RawLink, int, ReplayLink | None]] = deque()
-        self._replay_policy = replay
-        self._session = None if replay is None else ClientSession(replay)
-        # The current link's replay protocol, while the link speaks it.
-        self._replay_link: ReplayLink | None = None
-        self._resent = self._gaps = 0
-        # Sessions lost in a row after the server closed with 1011 (its handler failed).
-        self._handler_failures = 0
-        # The link that send() writes to directly; None while down or flushing.
-        self._live: RawLink | None = None
-        # On a plain link (no replay protocol): its recently sent messages, to resend
-        # what the server never received when it dies, and the link and its number.
-        self._window: PlainWindow | None = None
-        self._window_raw: RawLink | None = None
-        self._window_link = 0
-        # The live link while send() may write to it directly, else None (_refresh_fast).
-        self._fast: RawLink | None = None
-        self._flushing = False
-        self._receiving = False
-        self._error: ConnectionClosed | None = None
-        self._close_code = 1000
-        self._close_reason = ""
-
-        self._sent = self._received = self._dropped = 0
-
+        self._keepalive = keepalive
+        self._core = core = ClientCore(
+            checked,
+            [redact_url(url) for url in checked],
+            backoff=backoff,
+            send_queue=send_queue,
+            replay=replay,
+            classifier=classifier,
+        )
+        self._changed = Signal()
+        self._history = EventHistory(self._changed, _EVENT_HISTORY)
+        self._links = links = ClientLinks(
+            core, connection_id=self.connection_id, emit=self._emit, changed=self._changed
+        )
+        self._supervisor = Supervisor(
+            core,
+            links,
+            connection_id=self.connection_id,
+            emit=self._emit,
+            failover=failover,
+            on_connect=on_connect,
+            keepalive=keepalive,
+            options=options,
+        )
+        # The application's calls go straight to the links: no extra call per message.
+        self.send = links.send  # type: ignore[method-assign]
+        self.recv = links.recv  # type: ignore[method-assign]
         # Created in __aenter__: anyio primitives need a running event loop.
-        self._changed: Signal
-        self._history: EventHistory
         self._task_group: anyio.abc.TaskGroup
         self._finished: anyio.Event
 
@@ -232,29 +192,30 @@ class Connection(MessageIterator):
     @property
     def state(self) -> State:
         """The lifecycle :class:`~resilient_ws.State`."""
-        return self._machine.state
+        return self._core.state
 
     @property
     def stats(self) -> ConnectionStats:
         """A snapshot of the counters."""
-        supervisor = self._supervisor
+        core = self._core
+        session = core.session
         return ConnectionStats(
-            state=self._machine.state.value,
-            url=redact_url(supervisor.url),
-            attempts=supervisor.attempts,
-            links=supervisor.links,
-            reconnects=max(0, supervisor.links - 1),
-            failures=supervisor.failures,
-            messages_sent=self._sent,
-            messages_received=self._received,
-            queued=len(self._outbox),
-            queued_bytes=self._outbox.size,
-            dropped=self._dropped,
-            last_error=None if supervisor.last_error is None else str(supervisor.last_error),
-            session_id=None if self._session is None else self._session.id,
-            resent=self._resent,
-            gaps=self._gaps,
-            unacked=0 if self._session is None else self._session.outbound.count,
+            state=core.state.value,
+            url=redact_url(core.url),
+            attempts=core.attempts,
+            links=core.links,
+            reconnects=max(0, core.links - 1),
+            failures=core.failures,
+            messages_sent=core.sent,
+            messages_received=core.received,
+            queued=len(core.outbox),
+            queued_bytes=core.outbox.size,
+            dropped=core.dropped,
+            last_error=None if core.last_error is None else str(core.last_error),
+            session_id=None if session is None else session.id,
+            resent=core.resent,
+            gaps=core.gaps,
+            unacked=0 if session is None else session.outbound.count,
             **self._liveness_stats(),
         )
 
@@ -286,73 +247,7 @@ class Connection(MessageIterator):
             QueueFull: The queue is full and its policy is ``when_full="raise"``.
             ConnectionClosed: The connection is closed or closing.
         """
-        # The fast path: one attribute check while a link is up and nothing is queued.
-        raw = self._fast
-        if raw is None or not (type(message) is str or type(message) is bytes):
-            raw = await self._send_slow(message)
-            if raw is None:
-                return  # queued
-        replay = self._replay_link  # the live link's, if it speaks the protocol
-        window = self._window  # the live link's, if it is plain
-        if replay is not None:
-            replay.record(message)
-            window = None
-        elif window is not None:
-            window.push(message)
-        try:
-            await raw.send(message)
-        except _backend.ConnectionClosed:
-            # The link died under this send: the replay buffer or the plain link's
-            # window has the message (resent if the server lacks it), or keep it for
-            # the next link.
-            if replay is None and window is None:
-                self._outbox.appendleft(message, payload_size(message))
-            if self._live is raw:
-                self._set_live(None)
-            elif self._live is not None:
-                await self._flush(self._live)  # a new link is already up
-            self._refresh_fast()
-            return
-        if window is not None:
-            end = raw.bytes_written
-            window.done(end)
-            if end > window.check_at:
-                self._check_window(raw, window, end)
-        self._sent += 1
-
-    async def _send_slow(self, message: Message) -> RawLink | None:
-        """Validate; return the link to write to, or queue (and flush) and return None."""
-        if not isinstance(message, (str, bytes)):
-            raise TypeError(f"message must be str or bytes, not {type(message).__name__}")
-        self._check_sendable()
-        if self._fast is not None:
-            return self._fast
-        await self._enqueue(message)
-        if self._live is not None:
-            await self._flush(self._live)
-        else:
-            # Queued. Yield all the same: an application that sends in a loop while the
-            # link is down must not hold the event loop.
-            await anyio.lowlevel.checkpoint()
-        return None
-
-    def _set_live(self, raw: RawLink | None) -> None:
-        self._live = raw
-        self._refresh_fast()
-
-    def _refresh_fast(self) -> None:
-        """Keep ``_fast`` equal to the live link exactly when send() may write to it directly:
-        a link is live, the connection is open, and nothing is queued or flushing (a direct
-        send would overtake queued messages).
-        """
-        live = self._live
-        direct = (
-            live is not None
-            and not self._outbox
-            and not self._flushing
-            and self._machine.state is State.OPEN
-        )
-        self._fast = live if direct else None
+        await self._links.send(message)
 
     async def recv(self) -> Message:
         """Receive the next message, across reconnects, in order.
@@ -365,31 +260,7 @@ class Connection(MessageIterator):
             ConnectionFailed: A fatal error ended the connection.
             ConcurrencyError: Another task is already in ``recv()``.
         """
-        if self._receiving:
-            raise ConcurrencyError("recv() is already running in another task")
-        self._receiving = True
-        try:
-            while True:
-                if self._links:
-                    raw, _, replay = self._links[0]
-                    try:
-                        message = await raw.recv()
-                    except _backend.ConnectionClosed:
-                        # This link is drained; move on to the next one.
-                        if self._links and self._links[0][0] is raw:
-                            self._links.popleft()
-                        continue
-                    if replay is not None:
-                        if replay.retired:
-                            continue  # not acknowledged: the server resends it
-                        replay.delivered()
-                    self._received += 1
-                    return message
-                if self._error is not None:
-                    raise self._error
-                await self._changed.wait()
-        finally:
-            self._receiving = False
+        return await self._links.recv()
 
     async def ping(self) -> float | None:
         """Ping the server on the live link and wait for its pong.
@@ -402,7 +273,7 @@ class Connection(MessageIterator):
             The round trip in seconds, or ``None`` when no link is up or the link closed
             before the pong came.
         """
-        raw = self._live
+        raw = self._links.live
         if raw is None:
             return None
         sent = anyio.current_time()
@@ -419,7 +290,7 @@ class Connection(MessageIterator):
             A sample (see :class:`~resilient_ws.TcpInfo`), or ``None`` when no link is up,
             or on a platform that gives no TCP state (Linux and macOS do).
         """
-        raw = self._live
+        raw = self._links.live
         sock = None if raw is None else _sockopts.raw_socket(raw)
         return None if sock is None else _sockopts.read(sock)
 
@@ -434,10 +305,8 @@ class Connection(MessageIterator):
         Cancelling ``close()`` (a timeout around it) drops the link at once, without
         waiting for the closing handshake; the connection still ends closed.
         """
-        if self._machine.state not in (State.CLOSING, State.CLOSED):
-            self._close_code, self._close_reason = code, reason
-            self._machine.apply(Input.CLOSE)
-            self._refresh_fast()
+        if self._core.close(code, reason):
+            self._links.refresh_fast()
             self._changed.notify()
             self._supervisor.stop()  # with a link up, the supervisor closes it gracefully
         try:
@@ -456,8 +325,6 @@ class Connection(MessageIterator):
         return self._history.stream()
 
     async def __aenter__(self) -> Connection:
-        self._changed = Signal()
-        self._history = EventHistory(self._changed, _EVENT_HISTORY)
         self._finished = anyio.Event()
         # The group spans the application's block: _taskgroup.leave() exits it so that
         # the block's exceptions and cancellations stay its own (docs/cancellation.md).
@@ -469,9 +336,9 @@ class Connection(MessageIterator):
                 # server's. One monitor per event loop, shared by its connections.
                 self._supervisor.monitor = LoopLagMonitor.acquire()
             self._task_group.start_soon(self._run)
-            while self._machine.state not in (State.OPEN, State.CLOSED):
+            while self._core.state not in (State.OPEN, State.CLOSED):
                 await self._changed.wait()
-            if self._error is not None:
+            if self._core.error is not None:
                 # The caller's cancellation also ends our tasks, and their end may wake
                 # this wait first: then the cancellation is what leaves, not the outcome.
                 await anyio.lowlevel.checkpoint_if_cancelled()
@@ -484,8 +351,8 @@ class Connection(MessageIterator):
             finally:
                 self._release_monitor()
             raise
-        if self._error is not None:
-            error = self._error
+        error = self._core.error
+        if error is not None:
             try:
                 await _taskgroup.leave(self._task_group, None)
             finally:
@@ -500,8 +367,7 @@ class Connection(MessageIterator):
         monitor, self._supervisor.monitor = self._supervisor.monitor, None
         if monitor is not None:
             monitor.release()
-        if self._replay_link is not None:
-            self._replay_link.retire()
+        self._links.retire()
 
     async def __aexit__(
         self,
@@ -529,128 +395,7 @@ class Connection(MessageIterator):
             raise interrupted
         return swallowed
 
-    # ---- sending -------------------------------------------------------------------------
-
-    def _check_sendable(self) -> None:
-        if self._error is not None:
-            raise self._error
-        if self._machine.state is State.CLOSING:
-            raise ConnectionClosedOK("the connection is closing")
-
-    async def _enqueue(self, message: Message) -> None:
-        size = payload_size(message)
-        self._outbox.check_size(size)
-        while not self._outbox.has_room(size):
-            if self._when_full == "raise":
-                raise QueueFull(
-                    f"send queue full ({len(self._outbox)} messages, {self._outbox.size} bytes)"
-                )
-            if self._when_full == "drop_oldest":
-                count, dropped = self._outbox.make_room(size)
-                self._dropped += count
-                self._emit(MessagesDropped(at=anyio.current_time(), count=count, size=dropped))
-                break
-            await self._changed.wait()
-            self._check_sendable()
-        self._outbox.append(message, size)
-        self._refresh_fast()
-
-    async def _flush(self, raw: RawLink) -> int:
-        """Send queued messages on ``raw`` in order; return how many.
-
-        Only one task flushes at a time; others leave their messages to it.
-
-        Raises:
-            LinkClosed: The link died; the message in flight is back at the queue's head.
-        """
-        if self._flushing:
-            return 0
-        self._flushing = True
-        self._refresh_fast()
-        count = 0
-        replay = self._numbering(raw)
-        window = None if replay is not None else self._plain_window(raw)
-        try:
-            while self._outbox:
-                if window is not None and self._window is not window:
-                    # The link ended while we sent: what it lacked is back in the queue.
-                    raise _backend.link_closed_error(raw)
-                message, size = self._outbox.popleft()
-                self._changed.notify()  # room for senders waiting on a full queue
-                if replay is not None:
-                    replay.record(message, size)
-                elif window is not None:
-                    window.push(message)
-                try:
-                    await raw.send(message)
-                except _backend.ConnectionClosed:
-                    if replay is None and window is None:
-                        self._outbox.appendleft(message, size)
-                    if self._live is raw:
-                        self._set_live(None)
-                    raise _backend.link_closed_error(raw) from None
-                if window is not None:
-                    end = raw.bytes_written
-                    window.done(end)
-                    if end > window.check_at:
-                        self._check_window(raw, window, end)
-                count += 1
-                self._sent += 1
-        finally:
-            self._flushing = False
-            self._refresh_fast()
-        return count
-
-    def _plain_window(self, raw: RawLink) -> PlainWindow | None:
-        """The window of plain link ``raw``, made on its first flush (before any send on
-        it; ``on_connect``'s messages are not kept: the hook runs again on the next link).
-        ``None`` for a link that already ended."""
-        if self._window_raw is not raw:
-            if raw.close_code is not None:
-                return None
-            self._window = PlainWindow()
-            self._window_raw = raw
-            self._window_link = self._supervisor.links
-        return self._window
-
-    @staticmethod
-    def _check_window(raw: RawLink, window: PlainWindow, end: int) -> None:
-        """Every ``check_every`` bytes of stream (never per message): forget what the
-        server's TCP acknowledged, so the window holds only the unacknowledged tail, then
-        enforce its bounds."""
-        acked = _backend.acked_now(raw)
-        if acked is not None:
-            window.confirm(acked)
-        window.trim(end)
-
-    def _resend_unreceived(self) -> None:
-        """A plain link ended: queue again, first, the messages the server never received.
-
-        The link is closed (its socket sampled just before), except when the supervisor
-        leaves it for the primary URL: then a closing handshake follows, which delivers
-        everything written before it, and nothing is resent.
-        """
-        window, raw = self._window, self._window_raw
-        self._window = self._window_raw = None
-        if window is None or raw is None or raw.close_code is None:
-            return
-        acked, transmitted, evidence = _backend.acked_offset(raw)
-        resend = window.unreceived(acked, transmitted)
-        if not resend.messages and not resend.overflowed:
-            return
-        for message in reversed(resend.messages):
-            self._outbox.appendleft(message, payload_size(message))
-        count = len(resend.messages)
-        self._resent += count
-        self._refresh_fast()
-        self._changed.notify()
-        link = self._window_link
-        self._emit(
-            Resent(at=anyio.current_time(), link=link, resent=count, uncertain=resend.uncertain,
-                   overflowed=resend.overflowed, evidence=evidence)
-        )  # fmt: skip
-
-    # ---- serving the supervisor (the Session protocol) -----------------------------------
+    # ---- the reconnect loop --------------------------------------------------------------
 
     async def _run(self) -> None:
         try:
@@ -659,176 +404,11 @@ class Connection(MessageIterator):
             # Also on cancellation from outside, so that nobody waits on a dead supervisor.
             self._finish(self._supervisor.outcome)
 
-    @property
-    def _closing(self) -> bool:
-        return self._machine.state is State.CLOSING
-
-    def _link_options(self, options: dict[str, Any]) -> dict[str, Any]:
-        if self._session is None:
-            return options
-        return _backend.offer_subprotocol(options, SUBPROTOCOL, self._session.headers())
-
-    def _numbering(self, raw: RawLink) -> ReplayLink | None:
-        replay = self._replay_link
-        return replay if replay is not None and replay.raw is raw else None
-
-    async def _begin_link(self, raw: RawLink, number: int) -> bool:
-        session = self._session
-        if session is None:
-            return True
-        if raw.subprotocol != SUBPROTOCOL:
-            # The server no longer speaks the protocol: the session cannot be resumed.
-            lost = session.lost()
-            if lost is not None:
-                self._report_loss(lost)
-            return True
-        try:
-            resumption = session.grant(parse_grant(_backend.response_headers(raw)))
-        except ProtocolViolation as exc:
-            code, reason = exc.code, exc.reason[:120]
-            log("protocol_violated", connection_id=self.connection_id, code=code, reason=reason)
-            await _backend.close_link(raw, code, reason)
-            raise LinkClosed(code, reason) from exc
-        assert self._replay_policy is not None
-        replay = self._replay_link = ReplayLink(
-            raw,
-            session.outbound,
-            session.inbound,
-            ack_every=self._replay_policy.ack_every,
-            log_fields={"connection_id": self.connection_id, "session_id": resumption.session_id},
-        )
-        if not resumption.resumed:
-            self._report_loss(resumption)
-            return True
-        self._report_gap(resumption, "overflow")
-        for message in resumption.resend:
-            try:
-                await raw.send(message)
-            except _backend.ConnectionClosed:
-                raise _backend.link_closed_error(raw) from None
-        resent = len(resumption.resend)
-        self._resent += resent
-        self._emit(
-            Resumed(at=anyio.current_time(), session_id=resumption.session_id, link=number,
-                    resent=resent)
-        )  # fmt: skip
-        assert replay.raw is raw
-        return False
-
-    def _report_gap(self, resumption: Resumption, reason: str) -> None:
-        gap = resumption.gap
-        if gap is None:
-            return
-        session_id = resumption.lost_session or resumption.session_id
-        self._gaps += 1
-        self._emit(
-            Gap(at=anyio.current_time(), session_id=session_id, first=gap.first,
-                last=gap.last, reason=reason)
-        )  # fmt: skip
-
-    def _report_loss(self, resumption: Resumption) -> None:
-        """A session was lost: report the gap and the messages of unknown fate."""
-        if resumption.lost_session is None:
-            return
-        self._report_gap(resumption, "session_lost")
-        unacked = resumption.unacked
-        resend = self._replay_policy is not None and self._replay_policy.resend_on_loss
-        cause = self._supervisor.last_error
-        if isinstance(cause, LinkClosed) and cause.code == _HANDLER_FAILED:
-            self._handler_failures += 1
-        else:
-            self._handler_failures = 0
-        if resend and unacked and self._handler_failures >= _MAX_HANDLER_FAILURES:
-            # A message among them made the server's handler fail, again: resent, it would
-            # fail the next session too, forever. They are reported instead.
-            resend = False
-            log("resend_withheld", logging.WARNING, connection_id=self.connection_id,
-                session_id=resumption.lost_session, messages=len(unacked),
-                handler_failures=self._handler_failures)  # fmt: skip
-        if resend:
-            for message in reversed(unacked):
-                self._outbox.appendleft(message, payload_size(message))
-            self._refresh_fast()
-        count = len(unacked) + resumption.overflowed
-        resent = len(unacked) if resend else 0
-        self._emit(
-            SessionLost(at=anyio.current_time(), session_id=resumption.lost_session,
-                        unacked=count, resent=resent)
-        )  # fmt: skip
-
-    def _readable(self, raw: RawLink, number: int) -> None:
-        self._links.append((raw, number, self._numbering(raw)))
-        self._changed.notify()
-
-    async def _publish(self, raw: RawLink, number: int) -> None:
-        if self._machine.state is State.CLOSING:
-            # close() came while the link was being set up: it cancelled the supervisor,
-            # which may not have reached a checkpoint since (flushing an empty queue has
-            # none). The link is not published; the cancellation ends it.
-            await anyio.lowlevel.checkpoint()
-            return
-        # The caller flushed the queue without an await since: nothing can have been
-        # queued in between, so a direct send now keeps order.
-        self._machine.apply(Input.LINK_UP)
-        self._set_live(raw)
-        await self._drop_unread_links()
-
-    def _link_lost(self) -> None:
-        replay, self._replay_link = self._replay_link, None
-        if replay is not None:
-            # What the link still buffers was not acknowledged: the server resends it.
-            replay.retire()
-            self._links = deque(entry for entry in self._links if entry[2] is not replay)
-        self._resend_unreceived()
-        self._set_live(None)
-        if self._machine.state is not State.CLOSING:
-            self._machine.apply(Input.LINK_DOWN)
-        self._changed.notify()
-
-    async def _close_link(self, raw: RawLink) -> None:
-        # What a dying link leaves in the queue is reported as undelivered.
-        with suppress(LinkError):
-            await self._flush(raw)
-        self._set_live(None)
-        # The closing handshake delivers what was written; the connection ends here.
-        self._window = self._window_raw = None
-        replay = self._numbering(raw)
-        if replay is not None:
-            await replay.send_ack()  # the last ack: the session ends with the link
-        await _backend.close_link(raw, self._close_code, self._close_reason)
-
-    async def _drop_unread_links(self) -> None:
-        """Bound the ended links kept for an application that does not call ``recv()``.
-
-        Each ended link holds at most websockets' ``max_queue`` frames; keeping the most
-        recent few bounds memory. What is dropped is counted and reported, never silent.
-        """
-        while len(self._links) > _MAX_ENDED_LINKS + 1:
-            # recv() may be reading the oldest link right now; leave that one to it.
-            index = 1 if self._receiving else 0
-            raw, number, _ = self._links[index]
-            del self._links[index]
-            count = 0
-            # An ended link returns what it buffered at once, then raises.
-            with anyio.move_on_after(_CLOSE_TIMEOUT), suppress(_backend.ConnectionClosed):
-                while True:
-                    await raw.recv()
-                    count += 1
-            if count:
-                self._emit(InboundDropped(at=anyio.current_time(), link=number, count=count))
-
     def _finish(self, error: ConnectionClosed) -> None:
-        self._error = error
-        self._set_live(None)
-        if isinstance(error, ConnectionFailed):
-            self._machine.apply(Input.FAIL)
-        else:
-            if self._machine.state is not State.CLOSING:
-                self._machine.apply(Input.CLOSE)
-            self._machine.apply(Input.FINISHED)
-        self.undelivered = self._outbox.clear()
-        cause = error.cause
-        self._emit(Closed(at=anyio.current_time(), cause=cause, undelivered=len(self.undelivered)))
+        self._links.set_live(None)
+        closed = self._core.finished(anyio.current_time(), error)
+        self.undelivered = self._core.undelivered
+        self._emit(closed)
         self._finished.set()
         self._changed.notify()
 
