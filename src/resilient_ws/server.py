@@ -16,20 +16,17 @@ that blocked the loop.
 Clients that offer the replay protocol (``docs/protocol.md``) get sessions that survive
 their reconnects: the handler runs once per :class:`ServerSession`, not once per link.
 Session ids, tokens and the per-session replay state live in a
-:class:`~resilient_ws.SessionStore`; resume requests are admitted while websockets builds
-the handshake response (``process_response``), so the grant headers describe exactly the
-state the new link starts from.
+:class:`~resilient_ws.SessionStore`, granted and resumed during the handshake by
+:mod:`resilient_ws._io.grants`; the beacons are :mod:`resilient_ws._io.beacons`'s.
 """
 
 from __future__ import annotations
 
 import functools
-import http
 import logging
 import math
 import secrets
 import sys
-import weakref
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any
@@ -37,36 +34,22 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from ._core.protocol import (
-    SUBPROTOCOL,
-    Beacon,
-    Resume,
-    encode_beacon,
-    grant_headers,
-    parse_resume,
-)
+from ._core.protocol import SUBPROTOCOL
 from ._core.replay import Budget
-from ._core.resume import accept_resume, grant_of
-from ._core.sessions import (
-    MemorySessionStore,
-    SessionLimit,
-    SessionStore,
-    SourceLimit,
-    Throttled,
-    Unknown,
-)
+from ._core.sessions import MemorySessionStore, SessionStore
 from ._io import admission as _admission
 from ._io import backend as _backend
 from ._io import sockopts as _sockopts
 from ._io import taskgroup as _taskgroup
+from ._io.beacons import Beacons
+from ._io.grants import Grants, select_subprotocol
 from ._io.keepalive import LinkKeepalive
 from ._io.lag import LoopLagMonitor
-from ._io.replaylink import ReplayLink
-from ._io.watchdog import Stall, StallWatchdog
+from ._io.serversession import TAKEN_OVER, LinkOutcome, ServerSession
+from ._io.watchdog import StallWatchdog
 from ._logging import log, log_error, log_event
-from ._serversession import TAKEN_OVER, ServerSession
 from .config import Keepalive, Replay
-from .exceptions import LinkClosed, ProtocolViolation
+from .exceptions import LinkClosed
 
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup  # type: ignore[import-not-found,unused-ignore]
@@ -74,12 +57,8 @@ if sys.version_info < (3, 11):
 __all__ = ["Server", "ServerSession", "serve"]
 
 Handler = Callable[[ServerSession], Awaitable[None]]
-# How often detached sessions are checked for expiry, at most (seconds).
-_EXPIRY_INTERVAL = 1.0
 # Listen backlog on asyncio (the kernel caps it at net.core.somaxconn, 4096 by default).
 _BACKLOG = 4096
-# Retry-After for a server at its session limit (seconds).
-_FULL_RETRY_AFTER = 5
 DEFAULT_REPLAY_MEMORY = 1 << 30
 """serve()'s default ``replay_memory``: 1 GiB for all sessions' replay buffers together."""
 # How long closing the server lets handlers finish once their links are closed, before it
@@ -118,16 +97,18 @@ class Server:
         self._handler = handler
         self._max_handshakes = max_handshakes
         self.replay_budget = None if replay_memory is None else Budget(replay_memory)
-        self._replay = replay
         self.sessions: SessionStore[ServerSession] = (
             MemorySessionStore() if sessions is None else sessions
         )
-        # Links whose resume or new session was granted in process_response, until their
-        # handler runs: (session, resumed, when).
-        self._granted: weakref.WeakKeyDictionary[Any, tuple[ServerSession, bool, float]] = (
-            weakref.WeakKeyDictionary()
-        )
-        self._open_timeout = float(options.get("open_timeout") or 10.0)
+        self._grants = None
+        if replay is not None:
+            self._grants = Grants(
+                self.sessions,
+                policy=replay,
+                budget=self.replay_budget,
+                open_timeout=float(options.get("open_timeout") or 10.0),
+                spawn=lambda *task: self._tasks.start_soon(*task),
+            )
         self._host = host
         self._port = port
         self._keepalive = keepalive
@@ -146,6 +127,7 @@ class Server:
         # The links being served, for lag beacons.
         self._links: set[Any] = set()
         self._monitors: anyio.CancelScope | None = None  # the background work's
+        self._beacons: Beacons  # made with the monitors
         self._penalties = _admission.Penalties()
 
     async def __aenter__(self) -> Server:
@@ -249,21 +231,22 @@ class Server:
     async def _run_monitors(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         async with anyio.create_task_group() as tasks:
             self._monitors = tasks.cancel_scope
-            if self._replay is not None:
-                tasks.start_soon(self._expire_sessions)
+            self._beacons = Beacons(self.monitor, self.watchdog, self._links)
+            if self._grants is not None:
+                tasks.start_soon(self._grants.run)
             if self._beacon_interval is not None:
-                tasks.start_soon(self._broadcast_beacons, self._beacon_interval)
+                tasks.start_soon(self._beacons.broadcast, self._beacon_interval)
             task_status.started()
 
     async def _start(self) -> Any:
         options = dict(self._options)
         options["create_connection"] = _backend.connection_class("server", _backend.is_trio())
         _backend.keepalive_off(options, self._keepalive)
-        if self._replay is not None:
-            options["select_subprotocol"] = _select_subprotocol(
+        if self._grants is not None:
+            options["select_subprotocol"] = select_subprotocol(
                 options.pop("subprotocols", None), options.get("select_subprotocol")
             )
-            options["process_response"] = self._chain_process_response(
+            options["process_response"] = self._grants.process_response_hook(
                 options.get("process_response")
             )
         if self._max_handshakes is not None:
@@ -304,125 +287,6 @@ class Server:
             await server.start_serving()
         return server
 
-    # ---- admission (during the opening handshake) ------------------------------------------
-
-    def _chain_process_response(self, theirs: Any) -> Callable[..., Awaitable[Any]]:
-        async def process_response(connection: Any, request: Any, response: Any) -> Any:
-            if theirs is not None:
-                replaced = await _backend.run_hook(theirs, connection, request, response)
-                if replaced is not None:
-                    response = replaced
-            # No await from here on: the grant must describe the state the link starts from.
-            return self._admit(connection, request, response)
-
-        return process_response
-
-    def _admit(self, connection: Any, request: Any, response: Any) -> Any:
-        """Grant a new or resumed session to a link that negotiated the replay protocol,
-        or answer 400/429/503 (docs/protocol.md sections 4 and 7)."""
-        if response.status_code != http.HTTPStatus.SWITCHING_PROTOCOLS:
-            return response
-        if response.headers.get("Sec-WebSocket-Protocol") != SUBPROTOCOL:
-            return response
-        peer = str(_backend.peer_address(connection))
-        try:
-            resume = parse_resume(_backend.header_dict(request.headers))
-        except ProtocolViolation as exc:
-            return _reject(connection, http.HTTPStatus.BAD_REQUEST, exc.reason, peer)
-        now = anyio.current_time()
-        source = _backend.peer_host(connection)
-        session = token = None
-        if resume is not None:
-            found = self.sessions.resume(resume.session, resume.token, now, source)
-            if isinstance(found, Throttled):
-                retry_after = max(1, math.ceil(found.retry_after))
-                return _reject(connection, http.HTTPStatus.TOO_MANY_REQUESTS,
-                               "too many failed resume attempts", peer, retry_after)  # fmt: skip
-            if isinstance(found, Unknown):
-                log("resume_rejected", session_id=resume.session, reason=found.reason, peer=peer)
-            else:
-                session, token = found.record.state, found.record.token
-                try:
-                    self._resume(session, resume, connection)
-                except ProtocolViolation as exc:
-                    return _reject(connection, http.HTTPStatus.BAD_REQUEST, exc.reason, peer)
-        resumed = session is not None
-        if session is None:
-            session = ServerSession(
-                session_id=None, policy=self._replay, request=request, budget=self.replay_budget
-            )
-            try:
-                # (An unknown address is not counted.)
-                record = self.sessions.open(session, now, source or None)
-            except SourceLimit as exc:
-                return _reject(connection, http.HTTPStatus.TOO_MANY_REQUESTS, str(exc), peer,
-                               _FULL_RETRY_AFTER)  # fmt: skip
-            except SessionLimit as exc:
-                return _reject(connection, http.HTTPStatus.SERVICE_UNAVAILABLE, str(exc), peer,
-                               _FULL_RETRY_AFTER)  # fmt: skip
-            session.id, token = record.id, record.token
-        assert session.id is not None
-        assert token is not None
-        self._granted[connection] = (session, resumed, now)
-        grant = grant_of(
-            session.id, token, resumed=resumed, outbound=session.outbound, inbound=session.inbound
-        )
-        response.headers.update(grant_headers(grant))
-        return response
-
-    def _resume(self, session: ServerSession, resume: Resume, connection: Any) -> None:
-        """Apply a resume request with the right token; take the session over.
-
-        Raises:
-            ProtocolViolation: Its numbers contradict the session; nothing changed.
-        """
-        gap = accept_resume(session.outbound, session.inbound, resume)
-        assert session.id is not None
-        self.sessions.attach(session.id)
-        old = session.granted(connection, gap)
-        if old is not None:
-            log("session_taken_over", logging.WARNING, session_id=session.id)
-            self._tasks.start_soon(_backend.close_link, old, TAKEN_OVER, "session taken over")
-
-    def _drop_stale_grants(self, now: float) -> None:
-        """A granted link whose handshake never completed, or that closed before its
-        handler ran (websockets then runs none), must not hold the session."""
-        for connection, (session, _, granted_at) in list(self._granted.items()):
-            if _backend.closing(connection):
-                del self._granted[connection]
-                outcome = session.grant_closed(connection)
-                assert session.id is not None
-                log("session_detached", session_id=session.id, code=_backend.end_code(connection),
-                    reason=connection.close_reason or "", outcome=outcome)  # fmt: skip
-                if outcome == "ended":
-                    self.sessions.close(session.id)
-                else:
-                    self._detach_if_away(session)
-            elif now - granted_at >= self._open_timeout:
-                del self._granted[connection]
-                session.abandon_grant(connection)
-                self._detach_if_away(session)
-
-    def _detach_if_away(self, session: ServerSession) -> None:
-        """Start the session's TTL if no link serves it (nor is about to)."""
-        if not session.connected and not session.resuming and not session.ended:
-            assert session.id is not None
-            self.sessions.detach(session.id, anyio.current_time())
-
-    async def _expire_sessions(self) -> None:
-        while True:
-            await anyio.sleep(_EXPIRY_INTERVAL)
-            now = anyio.current_time()
-            self._drop_stale_grants(now)
-            self._expire(now)
-
-    def _expire(self, now: float) -> None:
-        """End the sessions whose TTL passed. (A method of its own: a loop variable in
-        the loop above would keep the last one, and its buffers, until the next pass.)"""
-        for record in self.sessions.expire(now):
-            record.state.expired()
-            log("session_expired", session_id=record.id)
-
     # ---- serving links -----------------------------------------------------------------
 
     async def _handle(self, connection: Any) -> None:
@@ -456,35 +320,32 @@ class Server:
             _backend.resume_reading(connection)
 
     async def _serve_link(self, connection: Any) -> None:
-        granted = self._granted.pop(connection, None)
+        grants = self._grants
+        granted = None if grants is None else grants.take(connection)
         if granted is None and connection.subprotocol == SUBPROTOCOL:
             return  # a replay link whose grant was dropped as stale: it is closing
-        if granted is None:
+        if grants is None or granted is None:
             session = ServerSession(session_id=None, policy=None, request=connection.request)
             await session.attach(connection, None)
             await self._serve_plain(connection, session)
             return
-        session, resumed, _ = granted
+        session, resumed = granted
         try:
-            replay = await session.attach(connection, connection if resumed else None)
+            await session.attach(connection, connection if resumed else None)
         except LinkClosed as exc:
-            assert session.id is not None
+            outcome: LinkOutcome
             if session.ended:  # the client closed it normally during the resend
-                self.sessions.close(session.id)
                 outcome = "ended"
             else:
-                self._detach_if_away(session)
                 outcome = "superseded" if exc.code == TAKEN_OVER else "detached"
-            log("session_detached", session_id=session.id, code=exc.code, reason=exc.reason,
-                outcome=outcome)  # fmt: skip
+            grants.link_gone(session, outcome, exc.code, exc.reason)
             await _backend.close_link(connection, exc.code, exc.reason)
             return
-        assert replay is not None
         if resumed:
             log("session_resumed", session_id=session.id, resent=session.resent)
         else:
-            self._tasks.start_soon(self._run_session, session, _peer(connection))
-        await self._serve_replay(connection, session, replay)
+            self._tasks.start_soon(self._run_session, grants, session, _peer(connection))
+        await self._serve_replay(connection, session, grants)
 
     async def _serve_plain(self, connection: Any, session: ServerSession) -> None:
         peer = _peer(connection)  # now: on trio a vanished peer has no address
@@ -499,31 +360,17 @@ class Server:
             with anyio.CancelScope(shield=True), anyio.move_on_after(_backend.EXIT_TIMEOUT):
                 await _backend.close_link(connection, 1011, "handler failed")
 
-    async def _serve_replay(
-        self, connection: Any, session: ServerSession, replay: ReplayLink
-    ) -> None:
+    async def _serve_replay(self, connection: Any, session: ServerSession, grants: Grants) -> None:
         keepalive = self._watch_link(connection)
         try:
             await connection.wait_closed()
         finally:
             if keepalive is not None:
                 keepalive.stop()
-        _backend.resume_reading(connection)
         outcome = session.link_ended(connection)
-        assert session.id is not None
-        log(
-            "session_detached",
-            session_id=session.id,
-            code=connection.close_code,
-            reason=connection.close_reason or "",
-            outcome=outcome,
-        )
-        if outcome == "ended":
-            self.sessions.close(session.id)
-        elif outcome == "detached":
-            self.sessions.detach(session.id, anyio.current_time())
+        grants.link_gone(session, outcome, connection.close_code, connection.close_reason or "")
 
-    async def _run_session(self, session: ServerSession, peer: str | None) -> None:
+    async def _run_session(self, grants: Grants, session: ServerSession, peer: str | None) -> None:
         """Run the handler once for the session's whole life."""
         try:
             failed = await self._run_handler(session, peer)
@@ -533,8 +380,7 @@ class Server:
                 else:
                     await session.close()
         finally:
-            assert session.id is not None
-            self.sessions.close(session.id)
+            grants.ended(session)
             session.release()
 
     async def _run_handler(self, session: ServerSession, peer: str | None) -> bool:
@@ -574,7 +420,7 @@ class Server:
         """Answer the link's probes with beacons; start its keepalive (on the loop's
         timers: no task per link), which the caller stops when the link ends."""
         if self._beacon_interval is not None:
-            connection.on_ping = self._answer_probe
+            connection.on_ping = self._beacons.answer_probe
         if self._keepalive is None:
             return None
         connection_id = secrets.token_hex(4)
@@ -592,103 +438,6 @@ class Server:
         )
         keepalive.start(lazily=True)
         return keepalive
-
-    def _last_stall(self) -> Stall | None:
-        return None if self.watchdog is None else self.watchdog.last_stall
-
-    def _beacon(self) -> bytes:
-        last = self._last_stall()
-        beacon = Beacon(
-            lag=self.monitor.current,
-            max_lag=self.monitor.max,
-            stall=0.0 if last is None else last.duration,
-        )
-        return encode_beacon(beacon)
-
-    def _answer_probe(self, connection: Any) -> None:
-        """A client's probe is answered (websockets sent the pong): add a beacon, so that
-        the client learns the server's lag with every probe. Not when the link's last
-        beacon said the same (lag band and stall): the client knows it already (a quiet
-        link's probe every 15 s, on thousands of links). At most one per
-        ``_BEACON_SPACING`` on a link, so a flood of pings is not answered twice."""
-        now = connection.last_inbound
-        if now - connection.beacon_at < _BEACON_SPACING:
-            return
-        state = self._beacon_state()
-        if state != connection.beacon_state:
-            connection.beacon_at, connection.beacon_state = now, state
-            _backend.send_control(connection, self._beacon())
-
-    def _beacon_state(self) -> tuple[int, object]:
-        """What a beacon says, in short: the lag band and the last stall."""
-        return _lag_band(self.monitor.current), self._last_stall()
-
-    async def _broadcast_beacons(self, interval: float) -> None:
-        """Send every link a beacon when the loop's lag changed band or after a stall,
-        at most once per ``interval``; each probe of a client is also answered with one."""
-        sent = self._beacon_state()
-        while True:
-            await anyio.sleep(interval)
-            state = self._beacon_state()
-            if state == sent:
-                continue
-            sent = state
-            data = self._beacon()
-            for index, connection in enumerate(list(self._links), 1):
-                connection.beacon_state = state
-                _backend.send_control(connection, data)
-                if index % _BEACON_BURST == 0:
-                    # Paced: thousands of frames written at once overflow the kernel's
-                    # queues (on loopback its backlog of 1,000 packets), and the packets
-                    # dropped with them include the kernel's keepalive probes: two in a
-                    # row lost and a healthy link is dropped (ETIMEDOUT). Seen with
-                    # 5,000 idle clients: hundreds of links lost while others opened.
-                    await anyio.sleep(_BEACON_PAUSE)
-
-
-# A broadcast of beacons writes to this many links at a time, then pauses (seconds): 10,000
-# links take half a second.
-_BEACON_BURST = 200
-_BEACON_PAUSE = 0.01
-# Shortest time between two beacons that answer a link's probes (seconds).
-_BEACON_SPACING = 0.1
-# Loop lag below which a server reports no lag band: the lag that would make a client blame
-# the server is Keepalive.client_lag, 0.2 s by default.
-_QUIET_LAG = 0.1
-
-
-def _lag_band(lag: float) -> int:
-    """0 below ``_QUIET_LAG``, then one more per doubling: beacons go out when it changes."""
-    return 0 if lag < _QUIET_LAG else 1 + int(math.log2(lag / _QUIET_LAG))
-
-
-def _select_subprotocol(theirs: Any, their_select: Any) -> Callable[[Any, Any], Any]:
-    """websockets' ``select_subprotocol``: the replay protocol when offered, else the
-    application's choice; a client that offers none of them gets no subprotocol (not a
-    400, so plain clients keep working)."""
-
-    def select(connection: Any, offered: Any) -> Any:
-        if SUBPROTOCOL in offered:
-            return SUBPROTOCOL
-        if their_select is not None:
-            return their_select(connection, offered)
-        return next((name for name in theirs or () if name in offered), None)
-
-    return select
-
-
-def _reject(
-    connection: Any,
-    status: http.HTTPStatus,
-    reason: str,
-    peer: str,
-    retry_after: int | None = None,
-) -> Any:
-    log("session_refused", logging.WARNING, status=int(status), reason=reason, peer=peer)
-    response = connection.respond(status, f"{reason}\n")
-    if retry_after is not None:
-        response.headers["Retry-After"] = str(retry_after)
-    return response
 
 
 async def _close_listener(server: Any) -> None:

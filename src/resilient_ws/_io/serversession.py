@@ -24,23 +24,28 @@ from typing import Any, Literal
 import anyio
 from anyio.lowlevel import checkpoint
 
-from ._core.outbox import Message, payload_size
-from ._core.replay import Budget, LostRange, buffers
-from ._io import backend as _backend
-from ._io.backend import RawLink
-from ._io.replaylink import ReplayLink
-from ._io.signals import MessageIterator, Signal
-from ._logging import log, log_event
-from .config import Replay
-from .events import Gap
-from .exceptions import ConnectionClosed, ConnectionClosedOK, ConnectionFailed, LinkClosed
+from .._core.outbox import Message, payload_size
+from .._core.replay import Budget, LostRange, buffers
+from .._logging import log, log_event
+from ..config import Replay
+from ..events import Gap
+from ..exceptions import ConnectionClosed, ConnectionClosedOK, ConnectionFailed, LinkClosed
+from . import backend as _backend
+from .backend import RawLink
+from .replaylink import ReplayLink
+from .signals import MessageIterator, Signal
 
-__all__ = ["ServerSession"]
+__all__ = ["LinkOutcome", "ServerSession"]
 
 # Gaps kept per session for the application to inspect.
 _MAX_GAPS = 64
 # Close code of a link taken over by a newer one (docs/protocol.md section 6).
 TAKEN_OVER = 4003
+
+LinkOutcome = Literal["ended", "detached", "superseded"]
+"""What a link's end meant for its session: the session ``"ended"`` (a normal close, or a
+plain client), is ``"detached"`` (waiting for the client to resume), or the link had been
+``"superseded"`` by a newer one."""
 
 
 class ServerSession(MessageIterator):
@@ -272,11 +277,10 @@ class ServerSession(MessageIterator):
             for _, message in resend:
                 await raw.send(message)
         except _backend.ConnectionClosed:
-            link.retire()
+            _let_go(raw, link)
             self.abandon_grant(resuming)
             # A close frame fails the next send at once, before the close is over and
             # its code known: wait for it (bounded) to tell an end from a loss.
-            _backend.resume_reading(raw)
             with anyio.move_on_after(_backend.EXIT_TIMEOUT):
                 await raw.wait_closed()
             self._closed(raw)
@@ -287,7 +291,7 @@ class ServerSession(MessageIterator):
         self._changed.notify()
         return link
 
-    def link_ended(self, raw: RawLink) -> Literal["ended", "detached", "superseded"]:
+    def link_ended(self, raw: RawLink) -> LinkOutcome:
         """``raw`` closed: the session ``"ended"`` (a normal close, or a plain client),
         is ``"detached"`` (waiting for the client to resume) or the link was already
         ``"superseded"`` by a newer one."""
@@ -296,7 +300,7 @@ class ServerSession(MessageIterator):
         self._detach()
         return self._closed(raw)
 
-    def grant_closed(self, resuming: RawLink) -> Literal["ended", "detached", "superseded"]:
+    def grant_closed(self, resuming: RawLink) -> LinkOutcome:
         """The link a resume was granted to closed before it served: websockets runs no
         handler for a link closed during its opening handshake. The session ``"ended"`` if
         the client closed it normally, is ``"detached"`` otherwise, or the grant was
@@ -339,12 +343,8 @@ class ServerSession(MessageIterator):
         )
 
     def _detach(self) -> None:
-        if self._link is not None:
-            self._link.retire()
         if self._raw is not None:
-            # Nobody reads a detached link any more: websockets' trio connection would
-            # stop reading it once its buffer fills, and never see it end.
-            _backend.resume_reading(self._raw)
+            _let_go(self._raw, self._link)
         self._raw = self._link = None
         self._changed.notify()
 
@@ -367,3 +367,13 @@ class ServerSession(MessageIterator):
         if error.code in (1000, 1001):
             return ConnectionClosedOK("the client closed the connection")
         return ConnectionFailed(f"the connection failed: {error}", error)
+
+
+def _let_go(raw: RawLink, link: ReplayLink | None) -> None:
+    """The session stops using ``raw`` (detached, taken over, or its resend failed): what
+    it still delivers is not the session's, and nobody reads it any more, so websockets
+    must: its trio connection would stop reading once its buffer fills, and never see the
+    link end. (``serve()`` does the same for every link it served, when it ends.)"""
+    if link is not None:
+        link.retire()
+    _backend.resume_reading(raw)
