@@ -105,6 +105,35 @@ def test_the_close_code_websockets_sent_is_the_end_when_the_peer_never_answered(
     assert received.code == 1001  # type: ignore[attr-defined]
 
 
+async def test_what_a_handler_read_before_returning_is_not_sent_again() -> None:
+    """A handler that returns ends its session with 1000 after acknowledging what it read:
+    the client's next link starts a new session without those messages. Before, the close
+    carried no final ack: the client resent them into the new session, whose handler read
+    them and returned again, in a loop (5 sessions in 3.5 s)."""
+    seen: list[str] = []
+    got_next = anyio.Event()
+
+    async def handler(session: ServerSession) -> None:
+        async for message in session:
+            seen.append(str(message))
+            if message == "next":
+                got_next.set()
+            if len(seen) == 3:
+                return  # done with this client's session
+
+    async with serve(handler) as server:
+        async with resilient_ws.connect(f"ws://127.0.0.1:{server.port}/") as ws:
+            events = ws.events()
+            for n in range(3):
+                await ws.send(f"m{n}")
+            lost = await next_event(events, SessionLost)
+            await ws.send("next")
+            with anyio.fail_after(TIMEOUT):
+                await got_next.wait()
+    assert seen == ["m0", "m1", "m2", "next"]
+    assert (lost.unacked, lost.resent) == (0, 0)
+
+
 async def test_a_message_that_makes_the_handler_fail_is_resent_once_not_forever() -> None:
     """serve() ends a session whose handler raised (1011, "handler failed"); the client
     starts a new session and resends what was unacknowledged (``resend_on_loss``). Once;

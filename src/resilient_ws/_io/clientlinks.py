@@ -36,7 +36,7 @@ from ..exceptions import ConcurrencyError, LinkClosed, LinkError, ProtocolViolat
 from . import backend as _backend
 from .backend import RawLink
 from .link import Link
-from .replaylink import ReplayLink
+from .replaylink import ReplayLink, let_go
 from .signals import Signal
 
 __all__ = ["ClientLinks"]
@@ -241,9 +241,10 @@ class ClientLinks:
                 handler_failures=core.handler_failures)  # fmt: skip
         for event in start.events:
             self._emit(event)
+        replay = None
         if start.session_id is not None:
             assert core.session is not None
-            self._replay = ReplayLink(
+            replay = self._replay = ReplayLink(
                 raw,
                 core.session.outbound,
                 core.session.inbound,
@@ -253,15 +254,15 @@ class ClientLinks:
             self.refresh_fast()
         if start.run_hook:
             return True
-        await self._resend(raw, start)
+        assert replay is not None  # only a replay session resumes
+        await self._resend(replay, start)
         return False
 
-    async def _resend(self, raw: RawLink, start: LinkStart) -> None:
-        for message in start.resend:
-            try:
-                await raw.send(message)
-            except _backend.ConnectionClosed:
-                raise _backend.link_closed_error(raw) from None
+    async def _resend(self, replay: ReplayLink, start: LinkStart) -> None:
+        try:
+            await replay.resend(start.resend)
+        except _backend.ConnectionClosed:
+            raise _backend.link_closed_error(replay.raw) from None
         self._emit(self._core.resumed(anyio.current_time(), start))
 
     def hook_link(self, raw: RawLink, url: str) -> Link:
@@ -303,7 +304,7 @@ class ClientLinks:
         replay, self._replay = self._replay, None
         if replay is not None:
             # What the link still buffers was not acknowledged: the server resends it.
-            replay.retire()
+            let_go(replay.raw, replay)
             self._readable = deque(entry for entry in self._readable if entry[2] is not replay)
         self._resend_unreceived()
         self.set_live(None)
@@ -318,10 +319,12 @@ class ClientLinks:
         self.set_live(None)
         # The closing handshake delivers what was written; the connection ends here.
         self._window = self._window_raw = None
+        code, reason = self._core.close_code, self._core.close_reason
         replay = self._replay_of(raw)
         if replay is not None:
-            await replay.send_ack()  # the last ack: the session ends with the link
-        await _backend.close_link(raw, self._core.close_code, self._core.close_reason)
+            await replay.close(code, reason)  # with the last ack: the session ends here
+        else:
+            await _backend.close_link(raw, code, reason)
 
     # ---- the queue and the link ----------------------------------------------------------
 

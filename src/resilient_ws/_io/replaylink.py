@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from .._core.outbox import Message, payload_size
@@ -37,7 +37,7 @@ from . import backend as _backend
 from .backend import RawLink
 from .timers import Timer, Timers
 
-__all__ = ["ReplayLink"]
+__all__ = ["ReplayLink", "let_go"]
 
 # An overflow mark no count reaches: the overflow of this link was logged.
 _NEVER = sys.maxsize
@@ -160,6 +160,23 @@ class ReplayLink:
         self._timer = None
         self._look(self._timers.now())
 
+    async def resend(self, messages: Iterable[Message]) -> None:
+        """Send again, before anything else, what the peer lacks (a resumed session); they
+        keep their numbers.
+
+        Raises:
+            websockets.exceptions.ConnectionClosed: The link closed during the resend.
+        """
+        raw = self.raw
+        for message in messages:
+            await raw.send(message)
+
+    async def close(self, code: int, reason: str) -> None:
+        """The session ends with this link: acknowledge everything delivered, then close
+        the link with ``code``."""
+        await self.send_ack()
+        await _backend.close_link(self.raw, code, reason)
+
     async def send_ack(self) -> bool:
         """Acknowledge every message delivered so far; ``False`` if the link is closed."""
         try:
@@ -198,3 +215,14 @@ class ReplayLink:
             reason=violation.reason,
         )
         await _backend.close_link(self.raw, violation.code, violation.reason[:120])
+
+
+def let_go(raw: RawLink, replay: ReplayLink | None) -> None:
+    """A session stops using ``raw`` (it ended, was taken over, or failed its resend):
+    what it still delivers is not the session's (the peer resends what we did not
+    acknowledge), and since nobody reads it any more websockets must: its trio connection
+    stops reading once its buffer fills, and would never see the link end. Client and
+    server both leave a link this way."""
+    if replay is not None:
+        replay.retire()
+    _backend.resume_reading(raw)

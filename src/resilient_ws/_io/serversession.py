@@ -32,7 +32,7 @@ from ..events import Gap
 from ..exceptions import ConnectionClosed, ConnectionClosedOK, ConnectionFailed, LinkClosed
 from . import backend as _backend
 from .backend import RawLink
-from .replaylink import ReplayLink
+from .replaylink import ReplayLink, let_go
 from .signals import MessageIterator, Signal
 
 __all__ = ["LinkOutcome", "ServerSession"]
@@ -41,6 +41,8 @@ __all__ = ["LinkOutcome", "ServerSession"]
 _MAX_GAPS = 64
 # Close code of a link taken over by a newer one (docs/protocol.md section 6).
 TAKEN_OVER = 4003
+# Close code of an internal error (RFC 6455): serve()'s when the handler raised.
+_INTERNAL_ERROR = 1011
 
 LinkOutcome = Literal["ended", "detached", "superseded"]
 """What a link's end meant for its session: the session ``"ended"`` (a normal close, or a
@@ -199,12 +201,19 @@ class ServerSession(MessageIterator):
             return message
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
-        """End the session and close its link (if one is attached) with ``code``."""
-        raw = self._raw
+        """End the session and close its link (if one is attached) with ``code``.
+
+        Every message received so far is acknowledged first, so the client does not count
+        them as lost or send them again; except with code 1011 (internal error, what
+        ``serve()`` sends when the handler raised): what the handler was handed may not
+        have been processed, and a client that resends into a new session sends it again
+        (``docs/protocol.md`` section 5).
+        """
+        raw, link = self._raw, self._link
         self._end(ConnectionClosedOK("the session was closed by the server"))
-        if raw is not None:
-            if self._link is not None:
-                await self._link.send_ack()
+        if link is not None and code != _INTERNAL_ERROR:
+            await link.close(code, reason)
+        elif raw is not None:
             await _backend.close_link(raw, code, reason)
 
     def _overflowed(self) -> None:
@@ -274,10 +283,9 @@ class ServerSession(MessageIterator):
         link = ReplayLink(raw, self.outbound, self.inbound, log_fields={"session_id": self.id})
         resend = self.outbound.unacked()
         try:
-            for _, message in resend:
-                await raw.send(message)
+            await link.resend(message for _, message in resend)
         except _backend.ConnectionClosed:
-            _let_go(raw, link)
+            let_go(raw, link)
             self.abandon_grant(resuming)
             # A close frame fails the next send at once, before the close is over and
             # its code known: wait for it (bounded) to tell an end from a loss.
@@ -344,7 +352,7 @@ class ServerSession(MessageIterator):
 
     def _detach(self) -> None:
         if self._raw is not None:
-            _let_go(self._raw, self._link)
+            let_go(self._raw, self._link)
         self._raw = self._link = None
         self._changed.notify()
 
@@ -367,13 +375,3 @@ class ServerSession(MessageIterator):
         if error.code in (1000, 1001):
             return ConnectionClosedOK("the client closed the connection")
         return ConnectionFailed(f"the connection failed: {error}", error)
-
-
-def _let_go(raw: RawLink, link: ReplayLink | None) -> None:
-    """The session stops using ``raw`` (detached, taken over, or its resend failed): what
-    it still delivers is not the session's, and nobody reads it any more, so websockets
-    must: its trio connection would stop reading once its buffer fills, and never see the
-    link end. (``serve()`` does the same for every link it served, when it ends.)"""
-    if link is not None:
-        link.retire()
-    _backend.resume_reading(raw)
