@@ -34,8 +34,8 @@ from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request, Response
 
 import resilient_ws
-from resilient_ws._io.clientlinks import ClientLinks
 from resilient_ws import LoopLagMonitor, State
+from resilient_ws._io.clientlinks import ClientLinks
 
 pytestmark = pytest.mark.anyio
 
