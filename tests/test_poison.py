@@ -121,15 +121,17 @@ async def test_what_a_handler_read_before_returning_is_not_sent_again() -> None:
             if len(seen) == 3:
                 return  # done with this client's session
 
-    async with serve(handler) as server:
-        async with resilient_ws.connect(f"ws://127.0.0.1:{server.port}/") as ws:
-            events = ws.events()
-            for n in range(3):
-                await ws.send(f"m{n}")
-            lost = await next_event(events, SessionLost)
-            await ws.send("next")
-            with anyio.fail_after(TIMEOUT):
-                await got_next.wait()
+    async with (
+        serve(handler) as server,
+        resilient_ws.connect(f"ws://127.0.0.1:{server.port}/") as ws,
+    ):
+        events = ws.events()
+        for n in range(3):
+            await ws.send(f"m{n}")
+        lost = await next_event(events, SessionLost)
+        await ws.send("next")
+        with anyio.fail_after(TIMEOUT):
+            await got_next.wait()
     assert seen == ["m0", "m1", "m2", "next"]
     assert (lost.unacked, lost.resent) == (0, 0)
 
