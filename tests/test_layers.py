@@ -28,7 +28,6 @@ CLOCKS = ("time", "datetime")
 IO_PACKAGE = (
     "resilient_ws._io",
     "resilient_ws._logging",
-    "resilient_ws._supervisor",
     "resilient_ws.client",
     "resilient_ws.server",
     "resilient_ws.testing",

@@ -5,7 +5,7 @@ This module is the application's surface only. Behind it, three parts with one j
 - :class:`~resilient_ws._core.client.ClientCore` (sans-I/O) decides: the state table, the
   send queue, the replay session, which URL next and when to give up, every counter, and
   the events that say so;
-- :mod:`resilient_ws._supervisor` runs the reconnect loop: opens links, watches them,
+- :mod:`resilient_ws._io.reconnect` runs the reconnect loop: opens links, watches them,
   sleeps between attempts, feeding the core what happened;
 - :class:`~resilient_ws._io.clientlinks.ClientLinks` moves the application's messages over
   whichever link is up (``send()`` and ``recv()`` are its methods).
@@ -34,9 +34,9 @@ from ._io.clientlinks import ClientLinks
 from ._io.history import EventHistory
 from ._io.lag import LoopLagMonitor
 from ._io.link import Link, OnConnect
+from ._io.reconnect import Supervisor
 from ._io.signals import MessageIterator, Signal
 from ._logging import log_event, redact_url
-from ._supervisor import Supervisor
 from .config import Backoff, Failover, Keepalive, Replay, SendQueue
 from .events import (
     Event,

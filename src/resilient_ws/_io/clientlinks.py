@@ -4,7 +4,7 @@ Part of the client's I/O layer. One :class:`ClientLinks` per connection moves th
 application's messages over whichever link is up: ``send()`` writes to the live link
 directly or queues while none is (the :class:`~resilient_ws._core.client.ClientCore`'s
 send queue), ``recv()`` reads the links in order, each to its end. The reconnect loop
-(:mod:`resilient_ws._supervisor`) hands it each new link (:meth:`ClientLinks.begin`,
+(:mod:`resilient_ws._io.reconnect`) hands it each new link (:meth:`ClientLinks.begin`,
 :meth:`ClientLinks.go_live`) and tells it when the link is gone (:meth:`ClientLinks.lost`).
 
 Per link it runs one of two ways of losing nothing: the replay protocol
@@ -267,10 +267,7 @@ class ClientLinks:
 
     def hook_link(self, raw: RawLink, url: str) -> Link:
         """The view of ``raw`` that ``on_connect`` gets."""
-        replay = self._replay
-        return Link(
-            raw, url, self._core.links, replay if replay is not None and replay.raw is raw else None
-        )
+        return Link(raw, url, self._core.links, self._replay_of(raw))
 
     async def go_live(self, raw: RawLink) -> None:
         """The link is set up: let recv() read it, flush the queue on it, then make it

@@ -18,18 +18,12 @@ from typing import Any
 import anyio
 from tenacity import RetryCallState, Retrying, retry_if_exception
 
-from ._core.client import ClientCore
-from ._core.liveness import Diagnosis, Verdict
-from ._io import backend as _backend
-from ._io.backend import RawLink
-from ._io.clientlinks import ClientLinks
-from ._io.keepalive import LinkKeepalive
-from ._io.lag import LoopLagMonitor
-from ._io.link import OnConnect
-from ._logging import log, redact_url
-from .config import Failover, Keepalive
-from .events import Event
-from .exceptions import (
+from .._core.client import ClientCore
+from .._core.liveness import Diagnosis, Verdict
+from .._logging import log, redact_url
+from ..config import Failover, Keepalive
+from ..events import Event
+from ..exceptions import (
     ConnectionClosed,
     ConnectionClosedOK,
     ConnectionFailed,
@@ -37,6 +31,12 @@ from .exceptions import (
     LinkError,
     OnConnectFailed,
 )
+from . import backend as _backend
+from .backend import RawLink
+from .clientlinks import ClientLinks
+from .keepalive import LinkKeepalive
+from .lag import LoopLagMonitor
+from .link import OnConnect
 
 __all__ = ["Supervisor"]
 
